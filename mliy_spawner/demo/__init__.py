@@ -1,0 +1,1 @@
+"""The embedded demo: a local AWS stand-in (moto) and a local instance runner."""

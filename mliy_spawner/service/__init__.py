@@ -1,0 +1,1 @@
+"""The hub-managed ``mliy`` service: progress reports from instances and the instance control API."""
