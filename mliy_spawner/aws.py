@@ -1,0 +1,90 @@
+"""boto3 plumbing shared by the spawner, the reflector, plugins and the service.
+
+- :func:`make_client` builds a client with botocore's "standard" retry mode and hooks
+  that log every call on the ``mliy.aws`` logger: operation, duration, outcome. Never
+  the parameters: they hold user data and tokens.
+- :func:`run_in_executor` runs a blocking boto3 call on one shared, bounded thread
+  pool, so the hub's event loop never waits on AWS.
+"""
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+from botocore.config import Config
+
+log = logging.getLogger("mliy.aws")
+
+# boto3 clients are thread-safe; the pool bounds how many calls are in flight at once
+# (EC2 throttles mutating calls at about 5/s, so more threads would only queue there).
+_EXECUTOR_WORKERS = 16
+_executor = None
+_executor_lock = threading.Lock()
+
+
+def executor():
+    """The shared thread pool for AWS calls (created on first use)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(_EXECUTOR_WORKERS, thread_name_prefix="mliy-aws")
+        return _executor
+
+
+async def run_in_executor(fn, /, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on the shared AWS thread pool and await its result."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
+
+
+def _before_call(model, context, **kwargs):
+    context["mliy_started"] = time.monotonic()
+
+
+def _after_call(http_response, parsed, model, context, **kwargs):
+    started = context.get("mliy_started")
+    elapsed = (time.monotonic() - started) * 1000 if started else -1
+    status = http_response.status_code if http_response is not None else "-"
+    error = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+    if error:
+        log.info(
+            "%s %s -> %s %s (%.0f ms)",
+            model.service_model.service_name,
+            model.name,
+            status,
+            error,
+            elapsed,
+        )
+    else:
+        log.debug(
+            "%s %s -> %s (%.0f ms)", model.service_model.service_name, model.name, status, elapsed
+        )
+
+
+def log_calls(client):
+    """Register the ``mliy.aws`` call log on ``client`` (idempotent per client)."""
+    events = client.meta.events
+    events.register("before-call", _before_call, unique_id="mliy-aws-before")
+    events.register("after-call", _after_call, unique_id="mliy-aws-after")
+    return client
+
+
+def make_client(service, region, endpoint_url=None, max_attempts=5):
+    """A boto3 client for ``service`` in ``region``, with standard retries and call logging.
+
+    ``endpoint_url`` points at a stand-in (moto's server) in tests and the demo.
+    """
+    config = Config(
+        region_name=region,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        max_pool_connections=_EXECUTOR_WORKERS,
+    )
+    session = boto3.session.Session()
+    client = session.client(
+        service, region_name=region, endpoint_url=endpoint_url or None, config=config
+    )
+    return log_calls(client)
