@@ -1,0 +1,249 @@
+"""CloudFormation and EC2 calls for one notebook stack, and the pure helpers around them.
+
+The functions that take a client are blocking boto3 calls: the spawner runs them through
+:func:`mliy_spawner.aws.run_in_executor`. Everything else here is pure (names, parameters,
+status mapping, event messages) and is tested without AWS.
+"""
+
+import hashlib
+import logging
+import re
+
+from botocore.exceptions import ClientError
+
+log = logging.getLogger("mliy.launch")
+
+MAX_STACK_NAME = 128
+
+# Simplified stack states (what the spawner acts on).
+PENDING = "pending"
+READY = "ready"
+FAILED = "failed"
+DELETING = "deleting"
+GONE = "gone"
+
+_STATUS = {
+    "CREATE_IN_PROGRESS": PENDING,
+    "REVIEW_IN_PROGRESS": PENDING,
+    "CREATE_COMPLETE": READY,
+    "UPDATE_IN_PROGRESS": READY,
+    "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS": READY,
+    "UPDATE_COMPLETE": READY,
+    # a failed update rolls back to the last working template: resources are intact
+    "UPDATE_ROLLBACK_IN_PROGRESS": READY,
+    "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS": READY,
+    "UPDATE_ROLLBACK_COMPLETE": READY,
+    "UPDATE_FAILED": FAILED,
+    "UPDATE_ROLLBACK_FAILED": FAILED,
+    "CREATE_FAILED": FAILED,
+    "ROLLBACK_IN_PROGRESS": FAILED,
+    "ROLLBACK_FAILED": FAILED,
+    "ROLLBACK_COMPLETE": FAILED,
+    "DELETE_FAILED": FAILED,
+    "IMPORT_ROLLBACK_IN_PROGRESS": FAILED,
+    "IMPORT_ROLLBACK_FAILED": FAILED,
+    "IMPORT_ROLLBACK_COMPLETE": FAILED,
+    "DELETE_IN_PROGRESS": DELETING,
+    "DELETE_COMPLETE": GONE,
+}
+
+# EC2 instance states that mean "a server may be running there"
+INSTANCE_UP = frozenset({"pending", "running"})
+INSTANCE_DOWN = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+
+
+def simplify_status(status):
+    """Map a CloudFormation StackStatus to pending/ready/failed/deleting/gone."""
+    return _STATUS.get(status, FAILED if status and status.endswith("_FAILED") else PENDING)
+
+
+def _clean(text, limit):
+    text = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+    return text[:limit].strip("-")
+
+
+def stack_name(prefix, hub_name, user_name, server_name):
+    """A valid, unique, deterministic stack name for one server.
+
+    Stack names allow ``[A-Za-z][-A-Za-z0-9]*`` up to 128 characters. User and server
+    names are cleaned to that alphabet (so ``a.b`` and ``a-b`` look alike), and a hash
+    of the exact names keeps them apart. The name is deterministic so that a hub that
+    crashed between ``CreateStack`` and saving its state finds the stack again.
+    """
+    digest = hashlib.sha256(f"{hub_name}\0{user_name}\0{server_name}".encode()).hexdigest()[:10]
+    head = _clean(prefix, 20) or "mliy"
+    if not head[0].isalpha():
+        head = "m" + head
+    room = MAX_STACK_NAME - len(head) - len(digest) - 3
+    user = _clean(user_name, max(room * 2 // 3, room - len(_clean(server_name, room))))
+    server = _clean(server_name, room - len(user))
+    parts = [head, user, server, digest] if server else [head, user, digest]
+    return "-".join(p for p in parts if p)[:MAX_STACK_NAME]
+
+
+def build_parameters(choice, subnet_id, availability_zone, user_data):
+    """The template's eleven parameters for a LaunchChoice, as CloudFormation wants them."""
+    volume = choice.config.volume
+    values = {
+        "KeyName": choice.group.key_name,
+        "ImageId": choice.config.ami_id,
+        "InstanceType": choice.instance_type,
+        "IamInstanceProfile": choice.group.instance_profile,
+        "SecurityGroupIds": ",".join(choice.group.security_group_ids),
+        "SubnetId": subnet_id,
+        "AvailabilityZone": availability_zone,
+        "KmsKeyId": volume.kms_key_id if volume else "",
+        "EBSVolumeDeviceName": volume.device if volume else "/dev/sdf",
+        "VolumeSize": str(choice.volume_size or 0),
+        "UserData": user_data,
+    }
+    return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
+
+
+def build_tags(hub_name, user_name, server_name, choice, extra=None):
+    """Stack tags (CloudFormation copies them onto the instance and volume)."""
+    tags = dict(extra or {})
+    tags.update(
+        {
+            "Name": f"mliy-{user_name}" + (f"-{server_name}" if server_name else ""),
+            "mliy:hub": hub_name,
+            "mliy:user": user_name,
+            "mliy:server": server_name,
+            "mliy:software-config": choice.config.slug,
+            "mliy:launch-group": choice.group.name,
+        }
+    )
+    return [{"Key": k, "Value": str(v)[:256]} for k, v in tags.items()]
+
+
+def event_message(event):
+    """A progress line for one stack event, in words a data scientist reads."""
+    kind = event.get("ResourceType", "")
+    status = event.get("ResourceStatus", "")
+    reason = event.get("ResourceStatusReason") or ""
+    what = {
+        "AWS::EC2::Instance": "instance",
+        "AWS::EC2::Volume": "data volume",
+        "AWS::EC2::VolumeAttachment": "volume attachment",
+        "AWS::CloudFormation::Stack": "stack",
+    }.get(kind, event.get("LogicalResourceId", "resource"))
+    if status.endswith("_IN_PROGRESS"):
+        verb = {"CREATE": "Creating", "DELETE": "Deleting", "UPDATE": "Updating"}.get(
+            status.split("_", 1)[0], "Working on"
+        )
+        if status.startswith("ROLLBACK"):
+            return f"Rolling back the {what}: {reason}" if reason else f"Rolling back the {what}"
+        return f"{verb} {what}"
+    if status.endswith("_COMPLETE"):
+        if status.startswith("ROLLBACK"):
+            return f"The {what} was rolled back"
+        done = {"CREATE": "created", "DELETE": "deleted", "UPDATE": "updated"}
+        return f"{what[:1].upper()}{what[1:]} {done.get(status.split('_', 1)[0], 'done')}"
+    if status.endswith("_FAILED"):
+        return f"Failed on the {what}: {reason}" if reason else f"Failed on the {what}"
+    return f"{what}: {status}"
+
+
+def failure_reason(events):
+    """The first failed resource's ResourceStatusReason (events oldest first).
+
+    Resource failures explain the problem ("Instance type x is not supported");
+    the stack's own events only say that resources failed. Fall back to those.
+    """
+    stack_reason = None
+    for event in events:
+        if not event.get("ResourceStatus", "").endswith("_FAILED"):
+            if event.get("ResourceType") == "AWS::CloudFormation::Stack" and event.get(
+                "ResourceStatus", ""
+            ).startswith("ROLLBACK"):
+                stack_reason = stack_reason or event.get("ResourceStatusReason")
+            continue
+        if event.get("ResourceType") != "AWS::CloudFormation::Stack":
+            return event.get("ResourceStatusReason") or f"{event.get('LogicalResourceId')} failed"
+        stack_reason = stack_reason or event.get("ResourceStatusReason")
+    return stack_reason or "the stack failed without a reason"
+
+
+def _is_error(error, *codes):
+    return error.response.get("Error", {}).get("Code") in codes
+
+
+def create_stack(cfn, name, template_body, parameters, tags, request_token):
+    """Create the stack; return ``(stack_id, created)``.
+
+    If a stack of that name already exists (a hub that died mid-launch, or a retried
+    request), return its id with ``created=False`` so the caller adopts it.
+    """
+    try:
+        response = cfn.create_stack(
+            StackName=name,
+            TemplateBody=template_body,
+            Parameters=parameters,
+            Tags=tags,
+            ClientRequestToken=request_token,
+            OnFailure="ROLLBACK",
+        )
+        return response["StackId"], True
+    except ClientError as e:
+        if not _is_error(e, "AlreadyExistsException"):
+            raise
+    stack = describe_stack(cfn, name)
+    if stack is None:
+        raise RuntimeError(f"stack {name} exists but cannot be described")
+    return stack["StackId"], False
+
+
+def describe_stack(cfn, stack_id):
+    """The stack's description, or None when it does not exist (by name)."""
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_id)["Stacks"]
+    except ClientError as e:
+        if _is_error(e, "ValidationError"):
+            return None
+        raise
+    return stacks[0] if stacks else None
+
+
+def stack_events(cfn, stack_id):
+    """All events of a stack, oldest first."""
+    events = []
+    for page in cfn.get_paginator("describe_stack_events").paginate(StackName=stack_id):
+        events.extend(page["StackEvents"])
+    events.sort(key=lambda e: e.get("Timestamp") or 0)
+    return events
+
+
+def delete_stack(cfn, stack_id):
+    """Delete the stack (idempotent: a stack already gone is not an error)."""
+    try:
+        cfn.delete_stack(StackName=stack_id)
+    except ClientError as e:
+        if not _is_error(e, "ValidationError"):
+            raise
+    log.info("Deleting stack %s", stack_id)
+
+
+def stack_instance_id(stack):
+    """The InstanceId output of a described stack, or None."""
+    for output in stack.get("Outputs") or ():
+        if output.get("OutputKey") == "InstanceId":
+            return output.get("OutputValue")
+    return None
+
+
+def start_instance(ec2, instance_id):
+    ec2.start_instances(InstanceIds=[instance_id])
+
+
+def stop_instance(ec2, instance_id):
+    """Stop the instance; stopping one that is already stopping or stopped is fine."""
+    try:
+        ec2.stop_instances(InstanceIds=[instance_id])
+    except ClientError as e:
+        if not _is_error(e, "IncorrectInstanceState", "InvalidInstanceID.NotFound"):
+            raise
+
+
+def set_instance_type(ec2, instance_id, instance_type):
+    """Change a stopped instance's type (the user picked another size on resume)."""
+    ec2.modify_instance_attribute(InstanceId=instance_id, InstanceType={"Value": instance_type})
