@@ -1,0 +1,274 @@
+"""One shared view of this hub's stacks and instances, for all spawners.
+
+JupyterHub polls every spawner every 30 s; one DescribeInstances per server would use
+up EC2's Describe budget at a few hundred servers. Instead one :class:`Reflector` per
+region (and hub) lists every instance carrying the hub's tag and every stack, a fixed
+number of paginated calls per cycle whatever the number of servers, and spawners read
+its cache: ``poll()`` makes no AWS call.
+
+A cycle runs every ``interval`` seconds, or sooner when a spawner asks for one
+(:meth:`Reflector.refresh`); requests are coalesced, and cycles are at least
+``min_interval`` apart, so a hundred spawners waiting at once still cost one cycle a
+second. Errors back off (up to ``max_backoff``); the cache is kept and its age is
+reported, and a task that dies is restarted (kubespawner's reflector, jupyterhub/
+kubespawner#938, showed what a silently dead watcher does).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from . import aws
+
+log = logging.getLogger("mliy.aws")
+
+HUB_TAG = "mliy:hub"
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    instance_id: str
+    state: str
+    private_ip: str | None
+    instance_type: str
+    stack_id: str | None
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StackView:
+    stack_id: str
+    name: str
+    status: str
+    reason: str | None
+    outputs: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+
+
+def _tags(items):
+    return {t["Key"]: t["Value"] for t in items or ()}
+
+
+def list_instances(ec2, hub_name):
+    """Every instance tagged for this hub (one filtered, paginated call)."""
+    views = {}
+    paginator = ec2.get_paginator("describe_instances")
+    filters = [{"Name": f"tag:{HUB_TAG}", "Values": [hub_name]}]
+    for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
+        for reservation in page["Reservations"]:
+            for inst in reservation["Instances"]:
+                tags = _tags(inst.get("Tags"))
+                views[inst["InstanceId"]] = InstanceView(
+                    instance_id=inst["InstanceId"],
+                    state=inst["State"]["Name"],
+                    private_ip=inst.get("PrivateIpAddress"),
+                    instance_type=inst.get("InstanceType", ""),
+                    stack_id=tags.get("aws:cloudformation:stack-id"),
+                    tags=tags,
+                )
+    return views
+
+
+def list_stacks(cfn, hub_name):
+    """Every live stack tagged for this hub (DescribeStacks lists all; filter by tag)."""
+    views = {}
+    for page in cfn.get_paginator("describe_stacks").paginate():
+        for stack in page["Stacks"]:
+            tags = _tags(stack.get("Tags"))
+            if tags.get(HUB_TAG) != hub_name:
+                continue
+            views[stack["StackId"]] = StackView(
+                stack_id=stack["StackId"],
+                name=stack["StackName"],
+                status=stack["StackStatus"],
+                reason=stack.get("StackStatusReason"),
+                outputs={o["OutputKey"]: o.get("OutputValue") for o in stack.get("Outputs") or ()},
+                tags=tags,
+            )
+    return views
+
+
+class Reflector:
+    """Cache of this hub's stacks and instances in one region, refreshed in the background."""
+
+    def __init__(
+        self, ec2, cfn, hub_name, *, interval=10.0, min_interval=1.0, max_backoff=60.0,
+        stale_after=None,
+    ):  # fmt: skip
+        self.ec2 = ec2
+        self.cfn = cfn
+        self.hub_name = hub_name
+        self.interval = interval
+        self.min_interval = min_interval
+        self.max_backoff = max_backoff
+        self.stale_after = stale_after or max(3 * interval, 30.0)
+        self.instances = {}
+        self.stacks = {}
+        # monotonic start time of the last cycle that succeeded; None before the first
+        self.last_success = None
+        self.failures = 0
+        self.cycles = 0
+        self._task = None
+        self._wake = None
+        self._cycle_done = None
+        self._stopping = False
+        self._last_cycle_started = 0.0
+        self._warned_stale = False
+
+    # ---- reading the cache --------------------------------------------------------
+
+    def fresh_since(self, when):
+        """True when a cycle that started after monotonic time ``when`` succeeded."""
+        return self.last_success is not None and self.last_success >= when
+
+    @property
+    def age(self):
+        """Seconds since the start of the last successful cycle (inf before the first)."""
+        return float("inf") if self.last_success is None else time.monotonic() - self.last_success
+
+    def instance_for_stack(self, stack_id):
+        """The instance created by ``stack_id`` (from its CloudFormation tags), or None."""
+        stack = self.stacks.get(stack_id)
+        instance_id = stack.outputs.get("InstanceId") if stack else None
+        if instance_id and instance_id in self.instances:
+            return self.instances[instance_id]
+        for inst in self.instances.values():
+            if inst.stack_id == stack_id and inst.state != "terminated":
+                return inst
+        return None
+
+    def stack_for_server(self, user_name, server_name):
+        """A live stack of this hub tagged for ``user_name``'s ``server_name``, or None."""
+        for stack in self.stacks.values():
+            tags = stack.tags
+            if tags.get("mliy:user") == user_name and tags.get("mliy:server") == server_name:
+                if stack.status != "DELETE_COMPLETE":
+                    return stack
+        return None
+
+    # ---- running ------------------------------------------------------------------
+
+    def start(self):
+        """Start the background task (idempotent; also restarts a dead one)."""
+        if self._task is not None and not self._task.done():
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._cycle_done = loop.create_future()
+        self._stopping = False
+        self._task = loop.create_task(self._run(), name=f"mliy-reflector-{self.hub_name}")
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task):
+        if self._stopping or task.cancelled():
+            return
+        error = task.exception()
+        log.error("Reflector for hub %s died (%r); restarting it", self.hub_name, error)
+        try:
+            self.start()
+        except RuntimeError:  # the loop is closing
+            pass
+
+    async def stop(self):
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def refresh(self):
+        """Ask for a cycle soon and wait until one that started after this call ends.
+
+        Returns True if that cycle succeeded. Many callers share one cycle; bound the
+        wait with ``asyncio.timeout`` where needed.
+        """
+        self.start()
+        asked = time.monotonic()
+        while True:
+            done = self._cycle_done
+            self._wake.set()
+            await asyncio.shield(done)
+            if self._last_cycle_started >= asked:
+                return self.fresh_since(asked)
+
+    async def _run(self):
+        backoff = self.min_interval
+        while not self._stopping:
+            # requests made from here on ask for the cycle after this one
+            self._wake.clear()
+            started = time.monotonic()
+            self._last_cycle_started = started
+            ok = await self._cycle(started)
+            self.cycles += 1
+            done, self._cycle_done = self._cycle_done, asyncio.get_running_loop().create_future()
+            done.set_result(ok)
+            if ok:
+                backoff = self.min_interval
+                delay = self.interval
+            else:
+                backoff = min(backoff * 2, self.max_backoff)
+                delay = backoff
+            # at least min_interval between cycles; a refresh request cuts the wait short
+            # but only when the last cycle succeeded (errors keep backing off)
+            await asyncio.sleep(max(0.0, self.min_interval - (time.monotonic() - started)))
+            remaining = max(0.0, delay - (time.monotonic() - started))
+            if ok:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(remaining)
+
+    async def _cycle(self, started):
+        try:
+            instances = await aws.run_in_executor(list_instances, self.ec2, self.hub_name)
+            stacks = await aws.run_in_executor(list_stacks, self.cfn, self.hub_name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.failures += 1
+            log.warning(
+                "Reflector for hub %s: refresh failed (%s); cache is %.0f s old",
+                self.hub_name, e, self.age,
+            )  # fmt: skip
+            if self.age > self.stale_after and not self._warned_stale:
+                self._warned_stale = True
+                log.error(
+                    "Reflector for hub %s: no fresh view of AWS for %.0f s; servers' states "
+                    "are reported as unknown (running) until it recovers",
+                    self.hub_name, self.age,
+                )  # fmt: skip
+            return False
+        self.instances = instances
+        self.stacks = stacks
+        self.last_success = started
+        if self._warned_stale:
+            log.warning("Reflector for hub %s recovered", self.hub_name)
+        self._warned_stale = False
+        self.failures = 0
+        return True
+
+
+_reflectors = {}
+
+
+def shared_reflector(key, factory):
+    """One reflector per ``key`` (e.g. region, endpoint, hub) and event loop."""
+    loop = asyncio.get_running_loop()
+    full_key = (id(loop), *key)
+    reflector = _reflectors.get(full_key)
+    if reflector is None:
+        reflector = _reflectors[full_key] = factory()
+    return reflector
+
+
+async def stop_all():
+    """Stop every shared reflector of the running loop (tests, hub shutdown)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _reflectors if k[0] == loop_id]:
+        await _reflectors.pop(key).stop()
