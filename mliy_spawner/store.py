@@ -1,0 +1,375 @@
+"""The tables the spawner (in the hub) and the ``mliy`` service (its own process) share.
+
+- ``instances``: which JupyterHub server (user, server name) owns which EC2 instance, and
+  the CloudFormation stack and region it lives in. The spawner writes a row when it
+  launches; the service reads it to authorise progress reports and control requests.
+- ``progress``: the steps an instance reports while it boots (``step``, ``percent``,
+  ``failed``), in arrival order. The service writes them; the spawner's ``progress()``
+  reads them.
+
+:class:`Store` is synchronous (SQLAlchemy 2 Core). Callers on an event loop run its
+methods in a thread. By default it is a SQLite file next to the hub's database
+(:func:`default_store_url`); any SQLAlchemy URL (PostgreSQL) works. With SQLite two
+processes share the file safely: WAL journal, a busy timeout, and write transactions
+that take the write lock up front (``BEGIN IMMEDIATE``), so a reader never has to
+upgrade its lock half way through and fail with "database is locked".
+"""
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger("mliy.service")
+
+#: The longest progress step text accepted (characters).
+MAX_STEP_LENGTH = 200
+#: The file name of the default SQLite store.
+DEFAULT_FILENAME = "mliy.sqlite"
+# How long a SQLite writer waits for another process's lock before giving up.
+_SQLITE_BUSY_TIMEOUT_S = 30
+
+metadata = MetaData()
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("user", String(255), nullable=False, index=True),
+    # '' is the user's default server
+    Column("server_name", String(255), nullable=False, default=""),
+    Column("stack_id", String(1024), nullable=False, default=""),
+    Column("region", String(64), nullable=False, default=""),
+    Column("created", DateTime, nullable=False),
+    Column("updated", DateTime, nullable=False),
+)
+
+progress = Table(
+    "progress",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False, index=True),
+    Column("step", String(MAX_STEP_LENGTH), nullable=False),
+    Column("percent", Integer, nullable=False),
+    Column("failed", Boolean, nullable=False, default=False),
+    Column("created", DateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One row of ``instances``: the server that owns an instance."""
+
+    instance_id: str
+    user: str
+    server_name: str
+    stack_id: str
+    region: str
+    created: datetime
+    updated: datetime
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    """One row of ``progress``: a step an instance reported."""
+
+    id: int
+    instance_id: str
+    step: str
+    percent: int
+    failed: bool
+    created: datetime
+
+
+def _now():
+    # stored naive (SQLite has no time zones); always UTC
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _aware(value):
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _instance(row):
+    return InstanceRecord(
+        instance_id=row.instance_id,
+        user=row.user,
+        server_name=row.server_name,
+        stack_id=row.stack_id,
+        region=row.region,
+        created=_aware(row.created),
+        updated=_aware(row.updated),
+    )
+
+
+def _progress(row):
+    return ProgressRecord(
+        id=row.id,
+        instance_id=row.instance_id,
+        step=row.step,
+        percent=row.percent,
+        failed=bool(row.failed),
+        created=_aware(row.created),
+    )
+
+
+def default_store_url(hub_db_url=None):
+    """The default store URL for a hub whose database is at ``hub_db_url``.
+
+    A SQLite file ``mliy.sqlite`` in the folder of the hub's SQLite database, or in the
+    current folder when the hub uses another database (or none is given). The path is
+    made absolute, so the service finds the same file whatever its working folder.
+
+    >>> default_store_url("sqlite:////srv/jupyterhub/jupyterhub.sqlite")
+    'sqlite:////srv/jupyterhub/mliy.sqlite'
+    """
+    folder = Path.cwd()
+    if hub_db_url:
+        url = make_url(hub_db_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            folder = (Path.cwd() / url.database).resolve().parent
+    return f"sqlite:///{folder / DEFAULT_FILENAME}"
+
+
+def _is_sqlite(url):
+    return url.get_backend_name() == "sqlite"
+
+
+def _make_engine(url):
+    url = make_url(url)
+    if not _is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    in_memory = url.database in (None, "", ":memory:")
+    kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
+    if in_memory:
+        # one shared connection, or each thread would see its own empty database
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, connection_record):
+        # let SQLAlchemy's "begin" event below issue BEGIN, instead of pysqlite's
+        # implicit (deferred) transactions
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        write = conn.get_execution_options().get("mliy_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """Instance ownership and progress steps, in any SQLAlchemy database.
+
+    Thread-safe; tables are created on first use. Every method is blocking: from async
+    code call it through ``run_in_executor``/``asyncio.to_thread``.
+    """
+
+    def __init__(self, url):
+        self.url = str(url)
+        self._engine = _make_engine(self.url)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    def close(self):
+        """Release the database connections."""
+        self._engine.dispose()
+
+    # transactions ---------------------------------------------------------------------
+
+    def _ensure_tables(self):
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            try:
+                metadata.create_all(self._engine)
+            except OperationalError as e:
+                # another process created them between our check and our CREATE
+                if "already exists" not in str(e):
+                    raise
+                metadata.create_all(self._engine)
+            self._ready = True
+
+    def _read(self):
+        self._ensure_tables()
+        return self._engine.connect()
+
+    def _write(self):
+        self._ensure_tables()
+        return self._engine.connect().execution_options(mliy_write=True)
+
+    # instances ------------------------------------------------------------------------
+
+    def record_instance(self, instance_id, user, server_name, stack_id, region):
+        """Record (insert or update) that ``user``'s server ``server_name`` owns an instance.
+
+        ``server_name`` is ``""`` for the default server. Returns the :class:`InstanceRecord`.
+        """
+        if not instance_id:
+            raise ValueError("instance_id must be a non-empty string")
+        values = {
+            "user": user,
+            "server_name": server_name or "",
+            "stack_id": stack_id or "",
+            "region": region or "",
+        }
+        for attempt in range(2):
+            try:
+                with self._write() as conn, conn.begin():
+                    now = _now()
+                    found = conn.execute(
+                        update(instances)
+                        .where(instances.c.instance_id == instance_id)
+                        .values(updated=now, **values)
+                    ).rowcount
+                    if not found:
+                        conn.execute(
+                            insert(instances).values(
+                                instance_id=instance_id, created=now, updated=now, **values
+                            )
+                        )
+                break
+            except IntegrityError:
+                # inserted concurrently by another writer (not SQLite: it serialises
+                # writers); the retry updates that row
+                if attempt:
+                    raise
+        return self.owner(instance_id)
+
+    def owner(self, instance_id):
+        """The :class:`InstanceRecord` of ``instance_id``, or None if unknown."""
+        with self._read() as conn, conn.begin():
+            row = conn.execute(
+                select(instances).where(instances.c.instance_id == instance_id)
+            ).first()
+        return _instance(row) if row else None
+
+    def instance_for_server(self, user, server_name=""):
+        """The most recently recorded instance of ``user``'s server, or None."""
+        with self._read() as conn, conn.begin():
+            row = conn.execute(
+                select(instances)
+                .where(instances.c.user == user, instances.c.server_name == (server_name or ""))
+                .order_by(instances.c.updated.desc())
+                .limit(1)
+            ).first()
+        return _instance(row) if row else None
+
+    def instances_for_user(self, user):
+        """All instances recorded for ``user``, default server first, then by name."""
+        with self._read() as conn, conn.begin():
+            rows = conn.execute(
+                select(instances)
+                .where(instances.c.user == user)
+                .order_by(instances.c.server_name, instances.c.instance_id)
+            ).all()
+        return [_instance(row) for row in rows]
+
+    def forget_instance(self, instance_id):
+        """Delete the instance and its progress; True if it was known."""
+        with self._write() as conn, conn.begin():
+            conn.execute(delete(progress).where(progress.c.instance_id == instance_id))
+            found = conn.execute(
+                delete(instances).where(instances.c.instance_id == instance_id)
+            ).rowcount
+        return bool(found)
+
+    # progress -------------------------------------------------------------------------
+
+    def add_progress(self, instance_id, step, percent, failed=False):
+        """Append a step reported by ``instance_id``; returns the :class:`ProgressRecord`.
+
+        The values are checked by the caller (the service answers 400 for bad ones);
+        here only what would corrupt the table is refused.
+        """
+        if len(step) > MAX_STEP_LENGTH:
+            raise ValueError(f"step is {len(step)} characters; at most {MAX_STEP_LENGTH}")
+        with self._write() as conn, conn.begin():
+            now = _now()
+            result = conn.execute(
+                insert(progress).values(
+                    instance_id=instance_id,
+                    step=step,
+                    percent=int(percent),
+                    failed=bool(failed),
+                    created=now,
+                )
+            )
+            (new_id,) = result.inserted_primary_key
+        return ProgressRecord(
+            id=new_id,
+            instance_id=instance_id,
+            step=step,
+            percent=int(percent),
+            failed=bool(failed),
+            created=_aware(now),
+        )
+
+    def progress(self, instance_id, after_id=0):
+        """The steps of ``instance_id`` with ``id > after_id``, oldest first."""
+        with self._read() as conn, conn.begin():
+            rows = conn.execute(
+                select(progress)
+                .where(progress.c.instance_id == instance_id, progress.c.id > after_id)
+                .order_by(progress.c.id)
+            ).all()
+        return [_progress(row) for row in rows]
+
+    def latest_progress(self, instance_id):
+        """The last step of ``instance_id``, or None."""
+        with self._read() as conn, conn.begin():
+            row = conn.execute(
+                select(progress)
+                .where(progress.c.instance_id == instance_id)
+                .order_by(progress.c.id.desc())
+                .limit(1)
+            ).first()
+        return _progress(row) if row else None
+
+    def clear_progress(self, instance_id):
+        """Delete the steps of ``instance_id`` (a fresh boot begins); returns how many."""
+        with self._write() as conn, conn.begin():
+            return conn.execute(
+                delete(progress).where(progress.c.instance_id == instance_id)
+            ).rowcount
+
+
+def store_url_from_env(environ=None):
+    """``MLIY_STORE_URL`` from the environment, else :func:`default_store_url`."""
+    environ = os.environ if environ is None else environ
+    return environ.get("MLIY_STORE_URL") or default_store_url()

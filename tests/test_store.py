@@ -1,0 +1,184 @@
+"""The shared store: ownership upserts, progress order, two processes on one SQLite file."""
+
+import multiprocessing
+import sqlite3
+from datetime import UTC
+
+import pytest
+
+from mliy_spawner.store import (
+    DEFAULT_FILENAME,
+    MAX_STEP_LENGTH,
+    InstanceRecord,
+    Store,
+    default_store_url,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'mliy.sqlite'}")
+    yield s
+    s.close()
+
+
+def test_record_instance_inserts_then_updates(store):
+    first = store.record_instance("i-0abc", "alice", "", "stack-1", "us-east-1")
+    assert isinstance(first, InstanceRecord)
+    assert (first.user, first.server_name, first.stack_id, first.region) == (
+        "alice",
+        "",
+        "stack-1",
+        "us-east-1",
+    )
+    assert first.created.tzinfo is UTC
+
+    second = store.record_instance("i-0abc", "alice", "gpu", "stack-2", "us-west-2")
+    assert (second.server_name, second.stack_id, second.region) == ("gpu", "stack-2", "us-west-2")
+    assert second.created == first.created
+    assert second.updated >= first.updated
+    assert store.owner("i-0abc") == second
+
+
+def test_owner_of_unknown_instance_is_none(store):
+    assert store.owner("i-nothere") is None
+
+
+def test_instance_for_server_finds_the_latest(store):
+    store.record_instance("i-1", "alice", "", "s1", "us-east-1")
+    store.record_instance("i-2", "alice", "gpu", "s2", "us-east-1")
+    store.record_instance("i-3", "bob", "", "s3", "us-east-1")
+    assert store.instance_for_server("alice", "").instance_id == "i-1"
+    assert store.instance_for_server("alice", "gpu").instance_id == "i-2"
+    assert store.instance_for_server("alice", "cpu") is None
+    assert store.instance_for_server("carol") is None
+    store.record_instance("i-4", "alice", "", "s4", "us-east-1")
+    assert store.instance_for_server("alice").instance_id == "i-4"
+    assert [r.instance_id for r in store.instances_for_user("alice")] == ["i-1", "i-4", "i-2"]
+
+
+def test_forget_instance_removes_row_and_progress(store):
+    store.record_instance("i-1", "alice", "", "s1", "us-east-1")
+    store.add_progress("i-1", "Mounting volume", 10, False)
+    assert store.forget_instance("i-1") is True
+    assert store.owner("i-1") is None
+    assert store.progress("i-1") == []
+    assert store.forget_instance("i-1") is False
+
+
+def test_progress_is_ordered_and_after_id_pages(store):
+    steps = [("Mounting volume", 10), ("Creating user", 20), ("Installing", 60), ("Done", 100)]
+    records = [store.add_progress("i-1", s, p, False) for s, p in steps]
+    store.add_progress("i-2", "other instance", 5, False)
+
+    got = store.progress("i-1")
+    assert [(r.step, r.percent) for r in got] == steps
+    assert [r.id for r in got] == sorted(r.id for r in records)
+    assert got == records
+
+    later = store.progress("i-1", after_id=records[1].id)
+    assert [r.step for r in later] == ["Installing", "Done"]
+    assert store.progress("i-1", after_id=records[-1].id) == []
+    assert store.latest_progress("i-1").step == "Done"
+    assert store.latest_progress("i-3") is None
+
+
+def test_failed_flag_round_trips(store):
+    store.add_progress("i-1", "Installing packages", 40, True)
+    (record,) = store.progress("i-1")
+    assert record.failed is True
+
+
+def test_clear_progress_only_clears_that_instance(store):
+    store.add_progress("i-1", "a", 1, False)
+    store.add_progress("i-1", "b", 2, False)
+    store.add_progress("i-2", "c", 3, False)
+    assert store.clear_progress("i-1") == 2
+    assert store.progress("i-1") == []
+    assert [r.step for r in store.progress("i-2")] == ["c"]
+
+
+def test_step_longer_than_limit_is_refused(store):
+    store.add_progress("i-1", "x" * MAX_STEP_LENGTH, 1, False)
+    with pytest.raises(ValueError, match="at most 200"):
+        store.add_progress("i-1", "x" * (MAX_STEP_LENGTH + 1), 1, False)
+
+
+def test_unicode_step_round_trips(store):
+    store.add_progress("i-1", "Installation des paquets \u2013 \u00e9tape 3", 30, False)
+    assert store.progress("i-1")[0].step == "Installation des paquets \u2013 \u00e9tape 3"
+
+
+def test_two_stores_on_one_file_see_each_other(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    hub_side, service_side = Store(url), Store(url)
+    try:
+        hub_side.record_instance("i-1", "alice", "", "s1", "us-east-1")
+        assert service_side.owner("i-1").user == "alice"
+        service_side.add_progress("i-1", "Creating user", 20, False)
+        assert [r.step for r in hub_side.progress("i-1")] == ["Creating user"]
+        hub_side.clear_progress("i-1")
+        assert service_side.progress("i-1") == []
+    finally:
+        hub_side.close()
+        service_side.close()
+    mode = sqlite3.connect(tmp_path / "shared.sqlite").execute("PRAGMA journal_mode").fetchone()
+    assert mode == ("wal",)
+
+
+def _writer(url, instance_id, count):
+    store = Store(url)
+    for i in range(count):
+        store.add_progress(instance_id, f"step {i}", i % 101, False)
+        store.record_instance(instance_id, "alice", "", f"stack-{i}", "us-east-1")
+    store.close()
+
+
+def test_two_processes_write_one_file_without_lock_errors(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(url, f"i-{n}", 60)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = Store(url)
+    try:
+        for n in range(2):
+            steps = [r.step for r in store.progress(f"i-{n}")]
+            assert steps == [f"step {i}" for i in range(60)]
+            assert store.owner(f"i-{n}").stack_id == "stack-59"
+    finally:
+        store.close()
+
+
+def test_in_memory_store_is_shared_between_threads():
+    import threading
+
+    store = Store("sqlite://")
+    thread = threading.Thread(
+        target=store.record_instance, args=("i-1", "alice", "", "s", "us-east-1")
+    )
+    thread.start()
+    thread.join()
+    assert store.owner("i-1").user == "alice"
+
+
+@pytest.mark.parametrize(
+    ("hub_db_url", "expected_folder"),
+    [
+        ("sqlite:////srv/hub/jupyterhub.sqlite", "/srv/hub"),
+        ("sqlite:///jupyterhub.sqlite", "CWD"),
+        ("sqlite:///data/jupyterhub.sqlite", "CWD/data"),
+        ("sqlite://", "CWD"),
+        ("sqlite:///:memory:", "CWD"),
+        ("postgresql://hub:secret@db.example.com/jupyterhub", "CWD"),
+        (None, "CWD"),
+    ],
+    ids=["absolute", "relative", "relative-subdir", "memory", "memory-named", "postgres", "none"],
+)
+def test_default_store_url(hub_db_url, expected_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = expected_folder.replace("CWD", str(tmp_path))
+    assert default_store_url(hub_db_url) == f"sqlite:///{folder}/{DEFAULT_FILENAME}"
