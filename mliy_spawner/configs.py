@@ -22,6 +22,12 @@ _DEVICE = re.compile(r"^/dev/(sd|xvd)[b-z]$")
 _SG = re.compile(r"^sg-[0-9a-f]{8,17}$")
 
 
+def _short(value, limit=80):
+    """``repr(value)``, cut to ``limit`` characters: user values can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key."""
 
@@ -33,7 +39,7 @@ class OptionsError(ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
+        super().__init__(f"{field}: {_short(value)} is not allowed; {allowed}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def _take(entry, key, where, kind=str, required=True, default=None):
 def _check_keys(entry, allowed, where):
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a dict, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(allowed))
+    unknown = sorted(set(entry) - set(allowed), key=repr)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
 
@@ -122,7 +128,7 @@ def _check_keys(entry, allowed, where):
 def _string_list(entry, key, where, pattern=None, required=True):
     values = _take(entry, key, where, (list, tuple), required=required, default=[])
     for value in values:
-        if not isinstance(value, str) or (pattern and not pattern.match(value)):
+        if not isinstance(value, str) or (pattern and not pattern.fullmatch(value)):
             raise ConfigError(f"{where}.{key}: invalid entry {value!r}")
     return tuple(values)
 
@@ -143,7 +149,7 @@ def _parse_volume(raw, where):
     allowed = {"device", "default_size", "max_size", "min_size", "kms_key_id"}
     _check_keys(raw, allowed, where)
     device = _take(raw, "device", where, required=False, default="/dev/sdf")
-    if not _DEVICE.match(device):
+    if not _DEVICE.fullmatch(device):
         raise ConfigError(f"{where}.device: {device!r} is not a device like /dev/sdf")
     min_size = _take(raw, "min_size", where, int, required=False, default=1)
     default_size = _take(raw, "default_size", where, int)
@@ -168,11 +174,11 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
     configs = {}
     for slug, entry in raw.items():
         where = f"{trait}[{slug!r}]"
-        if not isinstance(slug, str) or not _SLUG.match(slug):
+        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
             raise ConfigError(f"{where}: slug must match {_SLUG.pattern}")
         _check_keys(entry, allowed, where)
         ami = _take(entry, "ami_id", where)
-        if not _AMI.match(ami):
+        if not _AMI.fullmatch(ami):
             raise ConfigError(f"{where}.ami_id: {ami!r} is not an AMI id like ami-0123abcd")
         types = _string_list(entry, "instance_types", where, _INSTANCE_TYPE)
         if not types:
