@@ -79,6 +79,10 @@ def _short(value):
 
 
 def _price(value, where):
+    # The common case first (this runs for every price in the file); same rule as _PRICE_RE.
+    if type(value) is str and value.isascii() and value.replace(".", "", 1).isdigit():
+        if value[0] != "." and value[-1] != ".":
+            return Decimal(value)
     if value is None or (isinstance(value, str) and value.strip().upper() in _NO_PRICE):
         return None
     if isinstance(value, str) and _PRICE_RE.fullmatch(value.strip()):
@@ -86,6 +90,8 @@ def _price(value, where):
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
         return Decimal(str(value))
     allowed = "a number like '0.108', or '', 'N/A' or null for none"
+    at, region, os_name, key = where  # the message is only built when needed
+    where = f"{at}: pricing[{region!r}][{os_name!r}][{key!r}]"
     raise PricingError(f"{where} is {_short(value)}, not a price (allowed: {allowed})")
 
 
@@ -113,11 +119,11 @@ def _record(index, rec, source):
         if not isinstance(by_os, dict):
             raise PricingError(f"{at}: pricing[{region!r}] is {_short(by_os)}, not an object")
         for os_name, terms in by_os.items():
-            where = f"{at}: pricing[{region!r}][{os_name!r}]"
             if not isinstance(terms, dict):
+                where = f"{at}: pricing[{region!r}][{os_name!r}]"
                 raise PricingError(f"{where} is {_short(terms)}, not an object")
             key = "emr" if os_name == "emr" else "ondemand"
-            value = _price(terms.get(key), f"{where}[{key!r}]")
+            value = _price(terms.get(key), (at, region, os_name, key))
             if value is not None and os_name == "emr":
                 emr[(name, region)] = value
             elif value is not None:

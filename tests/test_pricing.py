@@ -308,6 +308,26 @@ MALFORMED = [
         id="price-comma",
     ),
     pytest.param(
+        [record("m4.large"), record("t9.bad", price=".5")],
+        f"{PRICE_WHERE} '.5'",
+        id="price-no-units",
+    ),
+    pytest.param(
+        [record("m4.large"), record("t9.bad", price="5.")],
+        f"{PRICE_WHERE} '5.'",
+        id="price-trailing-dot",
+    ),
+    pytest.param(
+        [record("m4.large"), record("t9.bad", price=" 5. ")],
+        f"{PRICE_WHERE} ' 5. '",
+        id="price-trailing-dot-blanks",
+    ),
+    pytest.param(
+        [record("m4.large"), record("t9.bad", price="1.2.3")],
+        f"{PRICE_WHERE} '1.2.3'",
+        id="price-two-dots",
+    ),
+    pytest.param(
         [record("m4.large"), record("t9.bad", price="1_0")],
         f"{PRICE_WHERE} '1_0'",
         id="price-underscore",
