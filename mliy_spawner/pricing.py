@@ -131,7 +131,7 @@ def _record(index, rec, source):
     return info, prices, emr
 
 
-def parse_catalog(data, source="<data>"):
+def parse_catalog(data, source="<data>") -> _Index:
     """Validate and index ``data`` (bytes or str of an instances.json); raise PricingError."""
     try:
         records = json.loads(data)
@@ -208,19 +208,19 @@ class PriceCatalog:
             # Logged once per change of the file: the signature of the bad file is kept.
             log.error("Keeping the previous pricing catalog; reloading failed: %s", e)
 
-    def price(self, instance_type, region=DEFAULT_REGION, os=DEFAULT_OS):
+    def price(self, instance_type, region=DEFAULT_REGION, os=DEFAULT_OS) -> Decimal | None:
         """On-demand $/hour as a Decimal, or None when the type, region or OS has no price."""
         return self._current().prices.get((instance_type, region, os))
 
-    def emr_price(self, instance_type, region=DEFAULT_REGION):
+    def emr_price(self, instance_type, region=DEFAULT_REGION) -> Decimal | None:
         """EMR's $/hour surcharge for the type in the region, or None."""
         return self._current().emr.get((instance_type, region))
 
-    def info(self, instance_type):
+    def info(self, instance_type) -> InstanceInfo | None:
         """The :class:`InstanceInfo` of the type, or None when it is not in the catalog."""
         return self._current().infos.get(instance_type)
 
-    def instance_types(self):
+    def instance_types(self) -> list[str]:
         """All instance types, ordered by family prefix, then size."""
         return list(self._current().types)
 
@@ -229,7 +229,7 @@ _catalogs = {}
 _catalogs_lock = threading.Lock()
 
 
-def get_catalog(path=None):
+def get_catalog(path=None) -> PriceCatalog:
     """The process-wide catalog of ``path`` (default: the shipped file), created on first use."""
     key = os.path.abspath(path if path is not None else asset_path("pricing", "instances.json"))
     with _catalogs_lock:
@@ -238,7 +238,7 @@ def get_catalog(path=None):
         return _catalogs[key]
 
 
-def default_catalog():
+def default_catalog() -> PriceCatalog:
     """The shared catalog of the shipped ``pricing/instances.json``."""
     return get_catalog(None)
 
@@ -256,7 +256,7 @@ def _fetch(source):
     return data
 
 
-def refresh(source, target):
+def refresh(source, target) -> int:
     """Validate the catalog at ``source`` (path or http(s) URL), then atomically replace
     ``target`` with it. Returns the number of instance types. ``target`` is untouched on error."""
     data = _fetch(source)
@@ -305,7 +305,7 @@ def _cmd_list(args, catalog):
     return 0
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     """The ``mliy-pricing`` command. Returns 0 on success, 1 on errors, 2 on usage errors."""
     parser = argparse.ArgumentParser(prog="mliy-pricing", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
