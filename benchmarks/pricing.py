@@ -145,11 +145,52 @@ def bench_lookups_synthetic():
     _bench_lookups(f"synthetic {SYNTHETIC_TYPES:,} types", synthetic_catalog_path())
 
 
+def bench_form_render():
+    """Render the options form with every synthetic type in each block (a worst case)."""
+    from mliy_spawner.configs import parse_launch_groups, parse_software_configs
+    from mliy_spawner.form import render_form
+
+    path = synthetic_catalog_path()
+    types = [rec["instance_type"] for rec in json.loads(path.read_bytes())]
+    template, user_data = path.parent / "stack.yaml", path.parent / "boot.sh"
+    template.write_text("Resources: {}\n")
+    user_data.write_text("#!/bin/bash\n")
+    common = {"ami_id": "ami-0123abcd", "template": str(template), "user_data": str(user_data),
+              "instance_types": types}  # fmt: skip
+    configs = parse_software_configs(
+        {"cpu": {**common, "volume": {"default_size": 100, "max_size": 500}}, "gpu": common}
+    )
+    sg = ["sg-0123abcd"]
+    groups = parse_launch_groups(
+        {
+            "one": {"security_group_ids": sg, "software_configs": ["cpu"]},
+            "two": {"security_group_ids": sg, "software_configs": ["cpu", "gpu"]},
+        },
+        configs,
+    )
+    catalog = _load(path)
+    print(f"options form render, {len(types):,} instance types per block (synthetic catalog):")
+    for label, names in (("1 group x 1 config", ["one"]), ("2 groups, 3 blocks", ["one", "two"])):
+        available = [groups[name] for name in names]
+
+        def render(available=available):
+            return render_form(user_name="alice", available_groups=available, configs=configs,
+                               catalog=catalog, region="xx-region-0", saved_options={})  # fmt: skip
+
+        render()  # the template compiles once per process
+        best, median, html = timed(render)
+        rows = html.count('type="radio"')
+        print(f"  {label}: {rows:,} rows, {len(html) / 1e6:.2f} MB of HTML: "
+              f"best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
+              f"({best / rows * 1e6:.1f} us per row)")  # fmt: skip
+
+
 BENCHES = [
     bench_load_real,
     bench_load_synthetic,
     bench_lookups_real,
     bench_lookups_synthetic,
+    bench_form_render,
 ]
 
 
