@@ -142,7 +142,7 @@ class Reflector:
         """A live stack of this hub tagged for ``user_name``'s ``server_name``, or None."""
         for stack in self.stacks.values():
             tags = stack.tags
-            if tags.get("mliy:user") == user_name and tags.get("mliy:server") == server_name:
+            if tags.get("mliy:user") == user_name and tags.get("mliy:server", "") == server_name:
                 if stack.status != "DELETE_COMPLETE":
                     return stack
         return None

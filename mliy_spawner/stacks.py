@@ -11,6 +11,8 @@ import re
 
 from botocore.exceptions import ClientError
 
+from .userdata import user_data_parameters
+
 log = logging.getLogger("mliy.launch")
 
 MAX_STACK_NAME = 128
@@ -82,7 +84,11 @@ def stack_name(prefix, hub_name, user_name, server_name):
 
 
 def build_parameters(choice, subnet_id, availability_zone, user_data):
-    """The template's eleven parameters for a LaunchChoice, as CloudFormation wants them."""
+    """The template's parameters for a LaunchChoice, as CloudFormation wants them.
+
+    MLiy's eleven, with the user data split over UserData..UserDataPart4 (CloudFormation
+    caps a parameter value at 4 KB; EC2 allows 16 KB of user data).
+    """
     volume = choice.config.volume
     values = {
         "KeyName": choice.group.key_name,
@@ -95,7 +101,7 @@ def build_parameters(choice, subnet_id, availability_zone, user_data):
         "KmsKeyId": volume.kms_key_id if volume else "",
         "EBSVolumeDeviceName": volume.device if volume else "/dev/sdf",
         "VolumeSize": str(choice.volume_size or 0),
-        "UserData": user_data,
+        **user_data_parameters(user_data),
     }
     return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
 
@@ -103,12 +109,13 @@ def build_parameters(choice, subnet_id, availability_zone, user_data):
 def build_tags(hub_name, user_name, server_name, choice, extra=None):
     """Stack tags (CloudFormation copies them onto the instance and volume)."""
     tags = dict(extra or {})
+    if server_name:  # tag values cannot be empty: the default server has no mliy:server
+        tags["mliy:server"] = server_name
     tags.update(
         {
             "Name": f"mliy-{user_name}" + (f"-{server_name}" if server_name else ""),
             "mliy:hub": hub_name,
             "mliy:user": user_name,
-            "mliy:server": server_name,
             "mliy:software-config": choice.config.slug,
             "mliy:launch-group": choice.group.name,
         }
@@ -145,7 +152,7 @@ def event_message(event):
 
 
 def failure_reason(events):
-    """The first failed resource's ResourceStatusReason (events oldest first).
+    """The first failed resource's ResourceStatusReason (events oldest first), or None.
 
     Resource failures explain the problem ("Instance type x is not supported");
     the stack's own events only say that resources failed. Fall back to those.
@@ -161,7 +168,7 @@ def failure_reason(events):
         if event.get("ResourceType") != "AWS::CloudFormation::Stack":
             return event.get("ResourceStatusReason") or f"{event.get('LogicalResourceId')} failed"
         stack_reason = stack_reason or event.get("ResourceStatusReason")
-    return stack_reason or "the stack failed without a reason"
+    return stack_reason
 
 
 def _is_error(error, *codes):

@@ -1,0 +1,805 @@
+"""MLiySpawner: each notebook server on its own EC2 instance, launched as a CloudFormation stack.
+
+This class connects JupyterHub's spawner interface to the helper modules and does little
+itself: :mod:`configs` (what may be launched), :mod:`form` (the options form),
+:mod:`userdata` (the instance's boot script), :mod:`stacks` (AWS calls), and
+:mod:`reflector` (one shared view of AWS that ``poll()`` and the waits read).
+
+Lifecycle:
+
+- ``start()`` creates the stack (or resumes the stopped instance of the last one),
+  waits through the reflector until the instance has an address, and returns it.
+- ``stop()`` stops the instance (``stop_action = "stop"``, the default: disk and
+  instance survive, the next start resumes them) or deletes the stack ("terminate").
+- ``delete_forever()`` (named server removed, user deleted) deletes the stack.
+- A failed or cancelled launch deletes the stack it created; no path forgets a stack.
+"""
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+from jupyterhub.spawner import Spawner
+from jupyterhub.utils import maybe_future
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets import Any, Callable, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+
+from . import aws, configs, stacks, userdata
+from .reflector import Reflector, shared_reflector
+
+STATE_VERSION = 1
+
+try:  # JupyterHub 6: a policy failure, shown to the user without a traceback
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # JupyterHub 5.x
+    SpawnException = None
+
+
+class LaunchFailed(Exception):
+    """A stack failed; the message is the reason to show the user."""
+
+
+def _spawn_error(message, reason, status_code=500):
+    if SpawnException is not None:
+        return SpawnException(message, reason=reason, status_code=status_code)
+    return web.HTTPError(status_code, message)
+
+
+def unix_user_name(name):
+    """A POSIX login name for the notebook user on the instance (``[a-z_][a-z0-9_-]*``)."""
+    cleaned = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:32] or "jovyan"
+    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else f"u{cleaned}"[:32]
+
+
+class MLiySpawner(Spawner):
+    """Spawn each server as a CloudFormation stack running one EC2 instance."""
+
+    # ---- where and how to reach AWS ------------------------------------------------
+
+    region = Unicode(
+        "us-east-1",
+        help="""AWS region where stacks are created, e.g. "us-west-2".
+
+        Prices in the options form are looked up for this region too.
+        """,
+    ).tag(config=True)
+
+    aws_endpoint_url = Unicode(
+        "",
+        help="""Endpoint URL for every AWS API (EC2, CloudFormation, Route 53).
+
+        Empty (default) means the real AWS endpoints. The demo and the tests point it
+        at moto's server, e.g. "http://127.0.0.1:4566".
+        """,
+    ).tag(config=True)
+
+    ec2_client = Any(help="boto3 EC2 client; built from region and aws_endpoint_url.")
+
+    @default("ec2_client")
+    def _default_ec2_client(self):
+        return aws.make_client("ec2", self.region, self.aws_endpoint_url)
+
+    cfn_client = Any(help="boto3 CloudFormation client; built from region and aws_endpoint_url.")
+
+    @default("cfn_client")
+    def _default_cfn_client(self):
+        return aws.make_client("cloudformation", self.region, self.aws_endpoint_url)
+
+    hub_name = Unicode(
+        "mliy",
+        help="""Name of this hub, written to every stack's `mliy:hub` tag.
+
+        The shared reflector watches only instances and stacks carrying this tag, so give
+        each hub sharing an AWS account and region its own name. Default: "mliy".
+        """,
+    ).tag(config=True)
+
+    stack_name_prefix = Unicode(
+        "mliy", help="First part of every stack name, e.g. mliy-alice-gpu-1a2b3c4d5e."
+    ).tag(config=True)
+
+    stack_tags = Dict(
+        {},
+        help="""Tags added to every stack (and so to its instance and volume),
+        e.g. {"cost-center": "analytics"}. The `mliy:*` and `Name` tags are set by the spawner.
+        """,
+    ).tag(config=True)
+
+    reflector_interval = Float(
+        10.0,
+        help="""Seconds between two refreshes of the shared view of AWS when nothing waits.
+
+        Spawners waiting on a launch ask for refreshes sooner (every 1 s at first).
+        """,
+    ).tag(config=True)
+
+    reflector = Any(help="The shared Reflector; one per region and hub by default.")
+
+    @default("reflector")
+    def _default_reflector(self):
+        key = (self.region, self.aws_endpoint_url, self.hub_name)
+        return shared_reflector(
+            key,
+            lambda: Reflector(
+                self.ec2_client, self.cfn_client, self.hub_name, interval=self.reflector_interval
+            ),
+        )
+
+    # ---- what users may launch -----------------------------------------------------
+
+    software_configs = Dict(
+        {},
+        help="""Software configurations users choose from, keyed by slug (MLiy's SoftwareConfig).
+
+        Each value is a dict:
+        - `display_name`, `description` (admin HTML allowed; shown in the form)
+        - `ami_id` (required), e.g. "ami-0abcdef1234567890"
+        - `template`: CloudFormation template path (default: the shipped
+          cloudformation/notebook-instance.yaml)
+        - `user_data`: boot script path (default: the shipped userdata/mliy-bootstrap.sh)
+        - `params`: {token: value} replacing `{{{token}}}` in the script
+        - `instance_types` (required) and `default_instance_type` (default: the first)
+        - `volume`: None, or {"device": "/dev/sdf", "default_size": 100, "max_size": 1000,
+          "min_size": 1, "kms_key_id": ""}
+
+        Example::
+
+            c.MLiySpawner.software_configs = {
+                "python": {
+                    "display_name": "Python 3 notebooks",
+                    "ami_id": "ami-0abcdef1234567890",
+                    "instance_types": ["t3.large", "m5.xlarge"],
+                    "volume": {"default_size": 50, "max_size": 500},
+                },
+            }
+        """,
+    ).tag(config=True)
+
+    @validate("software_configs")
+    def _validate_software_configs(self, proposal):
+        try:
+            configs.parse_software_configs(proposal.value)
+        except configs.ConfigError as e:
+            raise TraitError(str(e)) from None
+        return proposal.value
+
+    launch_groups = Dict(
+        {},
+        help="""What each JupyterHub group may launch, keyed by group name (MLiy's GroupConfig).
+
+        Each value is a dict:
+        - `software_configs` (required): slugs of software_configs the group may use
+        - `security_group_ids` (required): ["sg-…"]
+        - `key_name`: EC2 key pair name (default: none)
+        - `instance_profile`: IAM instance profile name or ARN (default: none)
+        - `excluded_instance_types`: instance types members may not choose
+
+        A user in several groups chooses the group in the form. A user in none cannot
+        spawn unless `default_launch_group` is set.
+        """,
+    ).tag(config=True)
+
+    @validate("launch_groups")
+    def _validate_launch_groups(self, proposal):
+        # traitlets delays cross-validation until the whole config section is loaded,
+        # so software_configs is already set here
+        try:
+            parsed = configs.parse_software_configs(self.software_configs)
+            configs.parse_launch_groups(proposal.value, parsed)
+        except configs.ConfigError as e:
+            raise TraitError(str(e)) from None
+        return proposal.value
+
+    default_launch_group = Unicode(
+        "",
+        help="""Launch group for users who are in none of `launch_groups` (default: none,
+        and such users cannot spawn).""",
+    ).tag(config=True)
+
+    @validate("default_launch_group")
+    def _validate_default_launch_group(self, proposal):
+        if proposal.value and proposal.value not in self.launch_groups:
+            raise TraitError(
+                f"MLiySpawner.default_launch_group: {proposal.value!r} is not one of "
+                f"launch_groups {sorted(self.launch_groups)}"
+            )
+        return proposal.value
+
+    replacement_tokens = Dict(
+        {},
+        help="""Hub-wide values for `{{{token}}}` placeholders in user-data scripts
+        (MLiy's REPLACEMENT_TOKENS), e.g. {"pip_index_url": "https://pypi.example.com"}.
+        A configuration's own `params` win over these. Never put secrets here: the
+        rendered script is readable on the instance.""",
+    ).tag(config=True)
+
+    # ---- placement and networking --------------------------------------------------
+
+    subnet_id = Unicode(
+        "",
+        help="""Subnet for the instances. Empty: read from EC2 instance metadata, the
+        subnet of the machine the hub runs on (MLiy's behaviour).""",
+    ).tag(config=True)
+
+    availability_zone = Unicode(
+        "",
+        help="""Availability zone for instance and volume. Empty: from instance metadata.""",
+    ).tag(config=True)
+
+    instance_metadata_url = Unicode(
+        "http://169.254.169.254",
+        help="Base URL of the EC2 instance metadata service (IMDSv2), used for placement.",
+    ).tag(config=True)
+
+    stop_action = Enum(
+        ["stop", "terminate"],
+        "stop",
+        help="""What stopping a server does: "stop" (default) stops the instance and keeps
+        its disk, and the next start resumes it; "terminate" deletes the stack.""",
+    ).tag(config=True)
+
+    notebook_port = Int(
+        8888, help="Port the notebook server listens on, on all interfaces of the instance."
+    ).tag(config=True)
+
+    service_url = Unicode(
+        "",
+        help="""URL of the `mliy` hub service as the instances reach it, ending in "/",
+        e.g. "https://hub.example.com/services/mliy/". Instances report their boot
+        progress there. Default: JupyterHub.public_url + "services/mliy/" when the
+        public URL is set, else empty (no progress from instances).""",
+    ).tag(config=True)
+
+    connect_address_hook = Callable(
+        None,
+        allow_none=True,
+        help="""Optional `hook(spawner, instance) -> (host, port)` (may be async) deciding
+        where the hub connects to a running instance. `instance` is a
+        reflector.InstanceView. Default: the instance's private IP and notebook_port.
+        The embedded demo uses it to map instances to local servers.""",
+    ).tag(config=True)
+
+    wait_backoff_start = Float(
+        1.0, help="First pause, in seconds, between two checks while waiting on AWS."
+    ).tag(config=True)
+
+    wait_backoff_max = Float(
+        10.0, help="Longest pause, in seconds, between two checks while waiting on AWS."
+    ).tag(config=True)
+
+    @default("start_timeout")
+    def _default_start_timeout(self):
+        return 900  # an instance boots and installs its notebook server in minutes
+
+    @default("http_timeout")
+    def _default_http_timeout(self):
+        return 600
+
+    @default("env_keep")
+    def _default_env_keep(self):
+        return []  # the hub's PATH and friends mean nothing on another machine
+
+    @default("will_resume")
+    def _default_will_resume(self):
+        # the stopped instance keeps its environment, API token included
+        return self.stop_action == "stop"
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return type(self)._apply_user_options
+
+    # ---- state ---------------------------------------------------------------------
+
+    # the stack's ARN: a deleted stack can only be described by id, not by name
+    stack_id = None
+    # for logs, and to find the stack again after a crash between create and save
+    stack_name = None
+    # the instance to stop, start and resume
+    instance_id = None
+    # where the stack lives, should the hub's region setting change
+    stack_region = None
+    # the options it was launched with (config slug, group, type, volume) to resume it
+    launch_options = None
+    # a failed launch whose stack could not be deleted yet: stop() deletes it
+    delete_pending = False
+
+    def load_state(self, state):
+        super().load_state(state)
+        mine = state.get("mliy") or {}
+        if mine.get("version", STATE_VERSION) > STATE_VERSION:
+            self.log.warning("State of %s is from a newer mliy-spawner", self._log_name)
+        self.stack_id = mine.get("stack_id")
+        self.stack_name = mine.get("stack_name")
+        self.instance_id = mine.get("instance_id")
+        self.stack_region = mine.get("region")
+        self.launch_options = mine.get("launch_options")
+        self.delete_pending = bool(mine.get("delete_pending"))
+
+    def get_state(self):
+        state = super().get_state()
+        if self.stack_id:
+            state["mliy"] = {
+                "version": STATE_VERSION,
+                "stack_id": self.stack_id,
+                "stack_name": self.stack_name,
+                "instance_id": self.instance_id,
+                "region": self.stack_region or self.region,
+                "launch_options": self.launch_options,
+                "delete_pending": self.delete_pending,
+            }
+        return state
+
+    def clear_state(self):
+        # The hub calls this after every stop and before every start. With
+        # stop_action="stop" the stack outlives the server: keep pointing at it.
+        super().clear_state()
+        self._events = []
+
+    def _forget_stack(self):
+        self.stack_id = self.stack_name = self.instance_id = None
+        self.stack_region = self.launch_options = None
+        self.delete_pending = False
+
+    # ---- options ---------------------------------------------------------------------
+
+    @property
+    def parsed_configs(self):
+        return configs.parse_software_configs(self.software_configs)
+
+    def available_groups(self):
+        groups = configs.parse_launch_groups(self.launch_groups, self.parsed_configs)
+        names = [g.name for g in getattr(self.user, "groups", None) or []]
+        return configs.groups_for_user(groups, names, self.default_launch_group)
+
+    def resolve_launch(self, user_options):
+        """Check user options; return a LaunchChoice or raise HTTP 400 naming the field.
+
+        While a stopped server's stack is kept, its configuration, group and volume are
+        fixed (changing them would lose its disk); options left out keep their values.
+        Only the instance type may change on resume.
+        """
+        options = dict(user_options or {}) if isinstance(user_options, dict) else user_options
+        if self.stack_id and self.launch_options and isinstance(options, dict):
+            for key in ("launch_group", "software_config", "volume_size"):
+                kept = self.launch_options.get(key)
+                if key in options and options[key] != kept:
+                    raise web.HTTPError(
+                        400,
+                        f"{key}: {options[key]!r} differs from the stopped server's "
+                        f"{kept!r}, whose disk would be lost; choose {kept!r}, or remove "
+                        "the server first",
+                    )
+            options = {**self.launch_options, **options}
+        try:
+            return configs.resolve_options(options, self.available_groups(), self.parsed_configs)
+        except configs.OptionsError as e:
+            raise web.HTTPError(400, str(e)) from None
+
+    @staticmethod
+    def _apply_user_options(spawner, user_options):
+        spawner._launch_choice = spawner.resolve_launch(user_options)
+
+    # ---- progress ----------------------------------------------------------------------
+
+    _events = None
+    _launch_choice = None
+
+    def _emit(self, message, progress=None):
+        if self._events is None:
+            self._events = []
+        if progress is None:
+            progress = self._events[-1]["progress"] if self._events else 0
+        self._events.append({"progress": progress, "message": message})
+        self.log.info("%s: %s", self._log_name, message)
+
+    async def progress(self):
+        """Stack events and launch steps as they happen; replayed after a reconnect."""
+        sent = 0
+        while True:
+            events = self._events or []
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            await asyncio.sleep(0.5)
+
+    # ---- AWS plumbing ------------------------------------------------------------------
+
+    async def _aws(self, fn, *args):
+        return await aws.run_in_executor(fn, *args)
+
+    _placement_cache = None
+
+    async def _placement(self):
+        """(subnet id, availability zone): configured, or from instance metadata."""
+        if self.subnet_id and self.availability_zone:
+            return self.subnet_id, self.availability_zone
+        cached = type(self)._placement_cache
+        if cached is None:
+            try:
+                cached = await self._read_instance_metadata()
+            except Exception as e:
+                raise _spawn_error(
+                    "The hub is misconfigured: MLiySpawner.subnet_id/availability_zone are "
+                    f"not set and instance metadata at {self.instance_metadata_url} could not "
+                    f"be read ({e}).",
+                    reason="placement",
+                ) from None
+            type(self)._placement_cache = cached
+        return self.subnet_id or cached[0], self.availability_zone or cached[1]
+
+    async def _read_instance_metadata(self):
+        client = AsyncHTTPClient()
+        base = self.instance_metadata_url.rstrip("/")
+        token = (
+            await client.fetch(
+                HTTPRequest(
+                    f"{base}/latest/api/token",
+                    method="PUT",
+                    body="",
+                    headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+                    request_timeout=3,
+                )  # fmt: skip
+            )
+        ).body.decode()
+
+        async def get(path):
+            request = HTTPRequest(
+                f"{base}/latest/meta-data/{path}",
+                headers={"X-aws-ec2-metadata-token": token},
+                request_timeout=3,
+            )
+            return (await client.fetch(request)).body.decode().strip()
+
+        zone = await get("placement/availability-zone")
+        mac = await get("mac")
+        subnet = await get(f"network/interfaces/macs/{mac}/subnet-id")
+        return subnet, zone
+
+    async def _wait(self, check, what, limit, on_tick=None):
+        """Refresh the shared view (coalesced) until ``check()`` returns a value.
+
+        Pauses grow from wait_backoff_start (1 s) by half each time up to
+        wait_backoff_max: fast for the
+        first seconds of a launch, cheap for the minutes an instance takes to boot.
+        """
+        delay = self.wait_backoff_start
+        deadline = time.monotonic() + limit
+        while True:
+            await self.reflector.refresh()
+            if on_tick is not None:
+                await on_tick()
+            result = check()
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {limit:.0f} s waiting for {what}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.wait_backoff_max)
+
+    # ---- start ---------------------------------------------------------------------------
+
+    def _service_url(self):
+        if self.service_url:
+            return self.service_url
+        if self.public_hub_url:
+            base = self.public_hub_url.split("/hub/")[0].rstrip("/")
+            return f"{base}/services/mliy/"
+        return ""
+
+    def _instance_env(self, choice):
+        env = self.get_env()
+        volume = choice.config.volume
+        env.update(
+            {
+                "MLIY_SERVICE_URL": self._service_url(),
+                "MLIY_NOTEBOOK_PORT": str(self.notebook_port),
+                "MLIY_NOTEBOOK_USER": unix_user_name(self.user.name),
+                "MLIY_VOLUME_DEVICE": volume.device if volume else "",
+                "MLIY_VOLUME_MOUNT": "/home",
+            }
+        )
+        return env
+
+    async def _render_user_data(self, choice):
+        script = await asyncio.to_thread(Path(choice.config.user_data).read_text)
+        try:
+            return userdata.build_user_data(
+                script, choice.config.params, self.replacement_tokens, self._instance_env(choice)
+            )
+        except userdata.UserDataError as e:
+            raise _spawn_error(
+                f"Software configuration {choice.config.slug!r} cannot be launched: {e}",
+                reason="user-data",
+            ) from None
+
+    async def start(self):
+        choice = self._launch_choice or self.resolve_launch(self.user_options)
+        self._launch_choice = None
+        self._events = []
+        self.ip = "0.0.0.0"
+        self.port = self.notebook_port
+        if self.delete_pending:
+            await self._delete_stack()
+        resumed = False
+        if self.stack_id:
+            resumed = await self._resume(choice)
+        if not resumed:
+            await self._launch(choice)
+        try:
+            instance = await self._wait(
+                self._ready_instance, "the instance", self.start_timeout, self._follow_events
+            )
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abandon(resumed))
+            raise
+        except LaunchFailed as e:
+            reason = await self._failure_reason(str(e))
+            await asyncio.shield(self._abandon(resumed))
+            raise _spawn_error(f"Launching your server failed: {reason}", reason="stack") from None
+        except BaseException:
+            await asyncio.shield(self._abandon(resumed))
+            raise
+        self.instance_id = instance.instance_id
+        address = await self._address(instance)
+        self._emit(f"Instance {instance.instance_id} is running", 90)
+        return address
+
+    async def _launch(self, choice):
+        """Create a new stack for ``choice``; set stack_id as soon as AWS answers."""
+        subnet, zone = await self._placement()
+        user_data = await self._render_user_data(choice)
+        template = await asyncio.to_thread(Path(choice.config.template).read_text)
+        name = stacks.stack_name(
+            self.stack_name_prefix, self.hub_name, self.user.name, self.name or ""
+        )
+        parameters = stacks.build_parameters(choice, subnet, zone, user_data)
+        tags = stacks.build_tags(
+            self.hub_name, self.user.name, self.name or "", choice, self.stack_tags
+        )
+        self._emit(f"Creating stack {name} ({choice.config.display_name}, {choice.instance_type})")
+        create = asyncio.ensure_future(
+            self._aws(
+                stacks.create_stack,
+                self.cfn_client,
+                name,
+                template,
+                parameters,
+                tags,
+                f"mliy-{uuid.uuid4()}",
+            )  # fmt: skip
+        )
+        try:
+            stack_id, created = await asyncio.shield(create)
+        except ClientError as e:
+            # AWS refused the stack (bad subnet, AMI, profile...). None should exist, but
+            # make sure nothing half-made stays behind under that name.
+            await self._aws(stacks.delete_stack, self.cfn_client, name)
+            message = e.response.get("Error", {}).get("Message") or str(e)
+            raise _spawn_error(
+                f"AWS refused to launch {choice.config.display_name}: {message}",
+                reason="create-stack",
+            ) from None
+        except asyncio.CancelledError:
+            # the call runs on in its thread: learn the id, then delete what it made
+            try:
+                stack_id, created = await create
+            except Exception:
+                stack_id, created = None, False
+            if created:
+                self.stack_id = stack_id
+                await self._delete_stack()
+            raise
+        self.stack_id, self.stack_name, self.stack_region = stack_id, name, self.region
+        self.instance_id = None
+        self.launch_options = choice.as_user_options()
+        self._launched_at = time.monotonic()
+        self._seen_events = set()
+        if not created:
+            self.log.warning("Adopting existing stack %s for %s", name, self._log_name)
+        self._emit("Stack created; waiting for the instance", 10)
+
+    _launched_at = 0.0
+
+    async def _resume(self, choice):
+        """Start the stopped instance of the kept stack; False when there is none to resume."""
+        self._launched_at = time.monotonic()
+        await self.reflector.refresh()
+        stack = self.reflector.stacks.get(self.stack_id)
+        status = stacks.simplify_status(stack.status) if stack else stacks.GONE
+        instance = self.reflector.instance_for_stack(self.stack_id) if stack else None
+        if status != stacks.READY or instance is None or instance.state == "terminated":
+            self.log.info(
+                "Stack %s of %s cannot be resumed (%s); launching a new one",
+                self.stack_name, self._log_name, stack.status if stack else "gone",
+            )  # fmt: skip
+            if stack is not None:
+                await self._delete_stack()
+            self._forget_stack()
+            return False
+        self.instance_id = instance.instance_id
+        self._emit(f"Resuming instance {instance.instance_id}", 10)
+        if instance.state in ("stopping", "shutting-down"):
+            instance = await self._wait(
+                lambda: self._instance_in({"stopped"}), "the instance to stop", 300
+            )
+        if instance.state == "stopped":
+            if instance.instance_type != choice.instance_type:
+                self._emit(f"Changing instance type to {choice.instance_type}")
+                await self._aws(
+                    stacks.set_instance_type, self.ec2_client, self.instance_id,
+                    choice.instance_type,
+                )  # fmt: skip
+            await self._aws(stacks.start_instance, self.ec2_client, self.instance_id)
+        self.launch_options = choice.as_user_options()
+        return True
+
+    def _instance_in(self, states):
+        instance = self.reflector.instances.get(self.instance_id)
+        return instance if instance is not None and instance.state in states else None
+
+    def _ready_instance(self):
+        """Reflector check while starting: the running instance, None to wait, or raise."""
+        stack = self.reflector.stacks.get(self.stack_id)
+        if stack is None:
+            if self.reflector.fresh_since(self._launched_at + 0.001):
+                raise LaunchFailed(f"stack {self.stack_name} disappeared")
+            return None
+        status = stacks.simplify_status(stack.status)
+        if status in (stacks.FAILED, stacks.DELETING, stacks.GONE):
+            raise LaunchFailed(self._stack_failure(stack))
+        instance = self.reflector.instance_for_stack(self.stack_id)
+        if instance is None:
+            return None
+        if instance.instance_id != self.instance_id:
+            self.instance_id = instance.instance_id
+            self._emit(f"Instance {instance.instance_id} is {instance.state}", 30)
+        if instance.state in ("stopping", "stopped", "shutting-down", "terminated"):
+            raise LaunchFailed(f"instance {instance.instance_id} is {instance.state}")
+        if instance.state == "running" and instance.private_ip and status == stacks.READY:
+            return instance
+        return None
+
+    def _stack_failure(self, stack):
+        return f"stack {stack.name} is {stack.status}"
+
+    _seen_events = None
+
+    async def _follow_events(self):
+        """Turn new stack events into progress messages (only while launching)."""
+        if not self.stack_id or self._seen_events is None:
+            return
+        try:
+            events = await self._aws(stacks.stack_events, self.cfn_client, self.stack_id)
+        except Exception as e:
+            self.log.debug("Reading events of %s failed: %s", self.stack_name, e)
+            return
+        for event in events:
+            if event["EventId"] in self._seen_events:
+                continue
+            self._seen_events.add(event["EventId"])
+            done = len(self._seen_events)
+            self._emit(stacks.event_message(event), min(10 + 5 * done, 80))
+
+    async def _failure_reason(self, fallback):
+        """The first failed resource's reason, from the stack's events."""
+        if not self.stack_id:
+            return fallback
+        try:
+            events = await self._aws(stacks.stack_events, self.cfn_client, self.stack_id)
+        except Exception as e:
+            self.log.warning("Reading events of failed stack %s: %s", self.stack_name, e)
+            return fallback
+        return stacks.failure_reason(events) or fallback
+
+    async def _abandon(self, resumed):
+        """Clean up after a failed or cancelled start: never leave a stack unaccounted for."""
+        if resumed:
+            if self.instance_id:
+                await self._aws(stacks.stop_instance, self.ec2_client, self.instance_id)
+            return
+        await self._delete_stack()
+
+    async def _delete_stack(self):
+        """Delete the stack; on an AWS error keep it in state, flagged for deletion."""
+        if not self.stack_id:
+            return
+        try:
+            await self._aws(stacks.delete_stack, self.cfn_client, self.stack_id)
+        except Exception as e:
+            self.log.error("Deleting stack %s failed (%s); will retry", self.stack_name, e)
+            self.delete_pending = True
+            return
+        self._forget_stack()
+
+    async def _address(self, instance):
+        if self.connect_address_hook is not None:
+            return tuple(await maybe_future(self.connect_address_hook(self, instance)))
+        return instance.private_ip, self.notebook_port
+
+    # ---- poll, stop, delete ------------------------------------------------------------
+
+    async def poll(self):
+        if not self.stack_id:
+            return 0
+        if self.reflector.last_success is None:
+            try:
+                async with asyncio.timeout(10):
+                    await self.reflector.refresh()
+            except TimeoutError:
+                return None
+        if self.reflector.age > self.reflector.stale_after:
+            return None  # no fresh view of AWS: never call a server stopped on a guess
+        stack = self.reflector.stacks.get(self.stack_id)
+        if stack is None:
+            # gone, unless the view predates the launch
+            return 0 if self.reflector.fresh_since(self._launched_at + 0.001) else None
+        status = stacks.simplify_status(stack.status)
+        if status in (stacks.GONE, stacks.DELETING):
+            return 0
+        if status == stacks.FAILED:
+            return 1
+        instance = (
+            self.reflector.instances.get(self.instance_id)
+            if self.instance_id
+            else self.reflector.instance_for_stack(self.stack_id)
+        )
+        if instance is None:
+            return None if status == stacks.PENDING else 0
+        return None if instance.state in stacks.INSTANCE_UP else 0
+
+    async def get_url(self):
+        """The server's URL from the current address (after a hub restart, a resume)."""
+        if self.stack_id:
+            await self.reflector.refresh()
+            instance = self.reflector.instance_for_stack(self.stack_id)
+            if instance is not None and instance.state == "running" and instance.private_ip:
+                host, port = await self._address(instance)
+                return f"http://{host}:{port}{self.server.base_url if self.server else '/'}"
+        return await super().get_url()
+
+    async def stop(self, now=False):
+        if not self.stack_id:
+            return
+        if self.stop_action == "terminate" or self.delete_pending:
+            await self._delete_stack()
+            return
+        if not self.instance_id:
+            await self.reflector.refresh()
+            instance = self.reflector.instance_for_stack(self.stack_id)
+            self.instance_id = instance.instance_id if instance else None
+        if self.instance_id:
+            await self._aws(stacks.stop_instance, self.ec2_client, self.instance_id)
+            self.log.info("Stopping instance %s of %s", self.instance_id, self._log_name)
+            if not now:
+                try:
+                    await self._wait(
+                        lambda: self._instance_in({"stopped", "terminated"}) or None,
+                        "the instance to stop", 120,
+                    )  # fmt: skip
+                except TimeoutError:
+                    self.log.warning("Instance %s is still stopping", self.instance_id)
+
+    async def delete_forever(self):
+        """The server is removed (or its user deleted): delete its stack."""
+        if self.stack_id:
+            await self._delete_stack()
+            if self.delete_pending:
+                raise RuntimeError(f"stack {self.stack_name} could not be deleted")
+
+    # ---- start-up check --------------------------------------------------------------
+
+    @classmethod
+    def check_config(cls, config):
+        """Build the configured spawner once, so a bad setting fails at hub start-up.
+
+        Call it at the end of jupyterhub_config.py: ``MLiySpawner.check_config(c)``.
+        """
+        spawner = cls(config=config)
+        groups = configs.parse_launch_groups(spawner.launch_groups, spawner.parsed_configs)
+        if not groups:
+            raise TraitError("MLiySpawner.launch_groups: define at least one launch group")
+        return spawner

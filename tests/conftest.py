@@ -1,0 +1,164 @@
+"""Shared fixtures for mliy-spawner's tests.
+
+Fixtures:
+
+- ``aws_env``: moto's ``mock_aws`` for one test, seeded like a small AWS account (VPC,
+  subnet, AMI, key pair, security group); yields a :class:`Seed` with their ids and
+  boto3 clients made by ``mliy_spawner.aws.make_client``.
+- ``spawner_config``: the traits of a two-configuration, two-group setup over ``aws_env``.
+- ``make_spawner``: builds an ``MLiySpawner`` against a fake hub and user (the second
+  layer of tests: no hub process), with a fast private reflector; call it with
+  ``user=``, ``groups=``, ``server_name=`` and trait overrides. Reflectors it made are
+  stopped after the test.
+
+Other files keep fixtures that only they use.
+"""
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+REGION = "us-east-1"
+
+
+@dataclass
+class Seed:
+    ec2: object
+    cfn: object
+    vpc_id: str
+    subnet_id: str
+    availability_zone: str
+    ami_id: str
+    key_name: str
+    security_group_id: str
+
+
+def seed_account(ec2):
+    """Create the network and identities a launch needs; return their ids."""
+    vpc_id = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(
+        VpcId=vpc_id, CidrBlock="10.20.1.0/24", AvailabilityZone=f"{REGION}a"
+    )["Subnet"]
+    sg_id = ec2.create_security_group(
+        GroupName="mliy-notebooks", Description="notebooks", VpcId=vpc_id
+    )["GroupId"]
+    ec2.create_key_pair(KeyName="mliy-key")
+    iam = boto3.client("iam", region_name=REGION)
+    iam.create_instance_profile(InstanceProfileName="mliy-notebook")
+    ami_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    return subnet["SubnetId"], subnet["AvailabilityZone"], vpc_id, sg_id, ami_id
+
+
+@pytest.fixture
+def aws_env():
+    from moto import mock_aws
+
+    from mliy_spawner.aws import make_client
+
+    with mock_aws():
+        ec2 = make_client("ec2", REGION)
+        cfn = make_client("cloudformation", REGION)
+        subnet_id, zone, vpc_id, sg_id, ami_id = seed_account(ec2)
+        yield Seed(ec2, cfn, vpc_id, subnet_id, zone, ami_id, "mliy-key", sg_id)
+
+
+@pytest.fixture
+def spawner_config(aws_env):
+    return {
+        "region": REGION,
+        "subnet_id": aws_env.subnet_id,
+        "availability_zone": aws_env.availability_zone,
+        "software_configs": {
+            "python": {
+                "display_name": "Python notebooks",
+                "description": "<b>Python 3</b> with the scientific stack",
+                "ami_id": aws_env.ami_id,
+                "instance_types": ["t2.medium", "m4.large", "m4.xlarge"],
+                "default_instance_type": "m4.large",
+                "volume": {"default_size": 20, "max_size": 100, "kms_key_id": "alias/mliy"},
+                "params": {"python_packages": "pandas"},
+                "user_data": "/tmp/ud.sh",  # TEMP
+            },
+            "small": {
+                "display_name": "Small, no data volume",
+                "ami_id": aws_env.ami_id,
+                "instance_types": ["t2.micro", "t2.small"],
+                "params": {"python_packages": ""},
+                "user_data": "/tmp/ud.sh",  # TEMP
+            },
+        },
+        "launch_groups": {
+            "analysts": {
+                "key_name": aws_env.key_name,
+                "instance_profile": "mliy-notebook",
+                "security_group_ids": [aws_env.security_group_id],
+                "software_configs": ["python", "small"],
+                "excluded_instance_types": ["m4.xlarge"],
+            },
+            "students": {
+                "security_group_ids": [aws_env.security_group_id],
+                "software_configs": ["small"],
+            },
+        },
+        "wait_backoff_start": 0.05,
+        "wait_backoff_max": 0.2,
+    }
+
+
+def fake_user(name, groups=()):
+    """What a spawner reads of JupyterHub's User."""
+    return SimpleNamespace(
+        name=name,
+        escaped_name=name,
+        url=f"/user/{name}/",
+        groups=[SimpleNamespace(name=g) for g in groups],
+    )
+
+
+def fake_hub():
+    return SimpleNamespace(
+        api_url="http://127.0.0.1:8081/hub/api",
+        base_url="/hub/",
+        url="http://127.0.0.1:8081/hub/",
+        public_host="",
+    )
+
+
+@pytest.fixture
+async def make_spawner(aws_env, spawner_config):
+    from mliy_spawner.reflector import Reflector
+    from mliy_spawner.spawner import MLiySpawner
+
+    made = []
+
+    def make(user="alice", groups=("analysts",), server_name="", reflector=None, **traits):
+        settings = {**spawner_config, **traits}
+        settings.setdefault("ec2_client", aws_env.ec2)
+        settings.setdefault("cfn_client", aws_env.cfn)
+        if reflector is None:
+            reflector = Reflector(
+                settings["ec2_client"], settings["cfn_client"], "mliy",
+                interval=5.0, min_interval=0.02,
+            )  # fmt: skip
+            made.append(reflector)
+        spawner = MLiySpawner(
+            user=fake_user(user, groups),
+            hub=fake_hub(),
+            orm_spawner=SimpleNamespace(name=server_name, server=None, display_name=server_name),
+            reflector=reflector,
+            api_token="secret-api-token-0123456789",
+            oauth_client_id=f"jupyterhub-user-{user}",
+            **settings,
+        )
+        return spawner
+
+    yield make
+    for reflector in made:
+        await reflector.stop()
