@@ -1,0 +1,543 @@
+"""Auth and DNS plugins: MLiy's contracts, loaded once from a folder or an entry point.
+
+Two plugin kinds keep MLiy's function names, so MLiy plugins port with small changes:
+
+- **auth** (:data:`AUTH_FUNCTIONS`), used by :class:`mliy_spawner.auth.MLiyAuthenticator`::
+
+      getAuthHeader() -> str                       # header carrying the user name
+      processAuthUserInfo(headers) -> dict         # {"email", "display_name", ...}
+      processAuthUserGroups(headers) -> list[str]  # the user's groups
+      configureAuthUser(user_info) -> dict | None  # last look at the user; None keeps it
+      cleanAuthUsername(username) -> str           # header value -> JupyterHub name
+
+  ``headers`` is a read-only, case-insensitive mapping of the login request's headers
+  (repeated headers joined with a newline; UTF-8 decoded). A plugin refuses a login by
+  raising ``PermissionError(message)``: the user sees a 403 page with the message.
+
+- **dns** (:data:`DNS_FUNCTIONS`), used by the spawner, called in an executor::
+
+      dnsDisplayName(instance_name) -> str | None  # name to show/connect; None: use the IP
+      createDnsEntry(instance_name, ip)            # create or update (idempotent)
+      deleteDnsEntry(instance_name, ip)            # remove; a missing record is fine
+
+  :data:`NOOP_DNS_PLUGIN`, built in, is the default: it creates nothing and shows the IP.
+
+Where plugins come from (see ``docs/plugins.md``):
+
+- a **folder** (MLiy's way): every ``*.py`` file in it except ``plugin_settings.py`` and
+  dot-files is imported once per process, under a unique module name. While they import,
+  ``import plugin_settings`` gives that folder's ``plugin_settings.py`` (plugin globals).
+  Each endpoint function must be defined in exactly one file; the functions of one plugin
+  may be spread over several files. A clash, a missing function or a file that fails to
+  import is a :class:`PluginError` (naming the files, the functions or the traceback):
+  nothing is skipped.
+- an **entry point** by name in the group ``mliy_spawner.auth_plugins`` or
+  ``mliy_spawner.dns_plugins``; it loads to any object (usually a module) that has the
+  functions as attributes.
+"""
+
+import asyncio
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import re
+import sys
+import threading
+import traceback
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import aws
+
+log = logging.getLogger("mliy.auth")
+
+AUTH_FUNCTIONS = (
+    "getAuthHeader",
+    "processAuthUserInfo",
+    "processAuthUserGroups",
+    "configureAuthUser",
+    "cleanAuthUsername",
+)
+DNS_FUNCTIONS = ("dnsDisplayName", "createDnsEntry", "deleteDnsEntry")
+AUTH_ENTRY_POINT_GROUP = "mliy_spawner.auth_plugins"
+DNS_ENTRY_POINT_GROUP = "mliy_spawner.dns_plugins"
+SETTINGS_MODULE = "plugin_settings"
+SETTINGS_FILE = SETTINGS_MODULE + ".py"
+DNS_ACTIONS = ("create", "delete")
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded: what went wrong, with the files involved."""
+
+
+@dataclass(frozen=True)
+class AuthPlugin:
+    """The five auth functions and where each came from (``sources``: function -> origin)."""
+
+    getAuthHeader: Callable
+    processAuthUserInfo: Callable
+    processAuthUserGroups: Callable
+    configureAuthUser: Callable
+    cleanAuthUsername: Callable
+    sources: Mapping = field(default_factory=dict, compare=False)
+
+    @property
+    def source(self):
+        """Every origin of this plugin's functions (files or entry points), joined."""
+        return ", ".join(dict.fromkeys(self.sources.values()))
+
+
+@dataclass(frozen=True)
+class DnsPlugin:
+    """The three DNS functions and where each came from (``sources``: function -> origin)."""
+
+    dnsDisplayName: Callable
+    createDnsEntry: Callable
+    deleteDnsEntry: Callable
+    sources: Mapping = field(default_factory=dict, compare=False)
+
+    @property
+    def source(self):
+        """Every origin of this plugin's functions (files or entry points), joined."""
+        return ", ".join(dict.fromkeys(self.sources.values()))
+
+
+def _noop_display_name(instance_name):
+    return None
+
+
+def _noop_entry(instance_name, ip):
+    return None
+
+
+NOOP_DNS_PLUGIN = DnsPlugin(
+    dnsDisplayName=_noop_display_name,
+    createDnsEntry=_noop_entry,
+    deleteDnsEntry=_noop_entry,
+    sources={name: "built-in no-op DNS plugin" for name in DNS_FUNCTIONS},
+)
+
+# --- loading ---------------------------------------------------------------------------
+
+_lock = threading.RLock()
+# resolved folder -> [(file, module)], so each file is imported once per process
+_folders = {}
+# (kind, "folder"|"name", key) -> AuthPlugin | DnsPlugin
+_plugins = {}
+
+
+def _import_file(path, module_name):
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot import plugin file {path}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit):
+        sys.modules.pop(module_name, None)
+        raise PluginError(
+            f"plugin file {path} failed to import:\n{traceback.format_exc()}"
+        ) from None
+    return module
+
+
+def _import_folder(folder):
+    """Import every plugin file in ``folder`` once; return ``[(path, module)]``."""
+    with _lock:
+        if folder in _folders:
+            return _folders[folder]
+        if not folder.is_dir():
+            raise PluginError(f"plugin folder {folder} does not exist or is not a folder")
+        files = sorted(
+            p for p in folder.glob("*.py") if p.name != SETTINGS_FILE and not p.name.startswith(".")
+        )
+        prefix = "_mliy_plugin_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        previous_settings = sys.modules.pop(SETTINGS_MODULE, None)
+        settings = None
+        try:
+            settings_path = folder / SETTINGS_FILE
+            if settings_path.is_file():
+                settings = _import_file(settings_path, f"{prefix}_settings")
+                sys.modules[SETTINGS_MODULE] = settings
+            loaded = []
+            for index, path in enumerate(files):
+                stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+                loaded.append((path, _import_file(path, f"{prefix}_{index}_{stem}")))
+        finally:
+            # leave `plugin_settings` pointing at this folder's settings (for plugins that
+            # import it lazily), or at what was there before when this folder has none
+            if settings is not None:
+                sys.modules[SETTINGS_MODULE] = settings
+            elif previous_settings is not None:
+                sys.modules[SETTINGS_MODULE] = previous_settings
+            else:
+                sys.modules.pop(SETTINGS_MODULE, None)
+        log.info(
+            "imported plugin folder %s: %s",
+            folder,
+            ", ".join(p.name for p in files) or "(no plugin files)",
+        )
+        _folders[folder] = loaded
+        return loaded
+
+
+def _from_folder(kind, folder, names):
+    found = {}  # function name -> (path, function)
+    problems = []
+    for path, module in _import_folder(folder):
+        namespace = vars(module)
+        for name in names:
+            if name not in namespace:
+                continue
+            obj = namespace[name]
+            if not callable(obj):
+                problems.append(f"{name} in {path} is a {type(obj).__name__}, not a function")
+            elif name in found and found[name][1] is not obj:
+                problems.append(
+                    f"{name} is defined in two files, {found[name][0]} and {path}; "
+                    f"a folder holds one {kind} plugin: keep {name} in one of them"
+                )
+            else:
+                found.setdefault(name, (path, obj))
+    missing = [name for name in names if name not in found]
+    if missing:
+        problems.append(
+            f"the {kind} plugin in {folder} lacks {', '.join(missing)} "
+            f"(a {kind} plugin defines {', '.join(names)})"
+        )
+    if problems:
+        raise PluginError("; ".join(problems))
+    return {name: fn for name, (_, fn) in found.items()}, {
+        name: str(path) for name, (path, _) in found.items()
+    }
+
+
+def _from_entry_point(kind, group, name, names):
+    entry_points = list(importlib.metadata.entry_points(group=group))
+    matches = [ep for ep in entry_points if ep.name == name]
+    if not matches:
+        available = sorted({ep.name for ep in entry_points})
+        raise PluginError(
+            f"no {kind} plugin named {name!r} in entry point group {group!r}; "
+            f"installed: {', '.join(available) or 'none'}"
+        )
+    if len({ep.value for ep in matches}) > 1:
+        both = " and ".join(f"{ep.value!r} (from {_dist_name(ep)})" for ep in matches)
+        raise PluginError(f"{kind} plugin name {name!r} in {group!r} is claimed by {both}")
+    entry_point = matches[0]
+    origin = f"entry point {group}:{name} = {entry_point.value}"
+    try:
+        obj = entry_point.load()
+    except (Exception, SystemExit):
+        raise PluginError(f"{origin} failed to load:\n{traceback.format_exc()}") from None
+    functions, problems = {}, []
+    for fn_name in names:
+        fn = getattr(obj, fn_name, None)
+        if fn is None:
+            continue
+        if not callable(fn):
+            problems.append(f"{fn_name} is a {type(fn).__name__}, not a function")
+        functions[fn_name] = fn
+    missing = [n for n in names if n not in functions]
+    if missing:
+        problems.append(f"lacks {', '.join(missing)} (a {kind} plugin defines {', '.join(names)})")
+    if problems:
+        raise PluginError(f"{origin}: " + "; ".join(problems))
+    return functions, {fn_name: origin for fn_name in names}
+
+
+def _dist_name(entry_point):
+    dist = getattr(entry_point, "dist", None)
+    return getattr(dist, "name", None) or "an unknown distribution"
+
+
+def _load(kind, cls, group, names, folder, name):
+    if folder and name:
+        raise PluginError(
+            f"give the {kind} plugin as a folder ({folder!r}) or an entry point name "
+            f"({name!r}), not both"
+        )
+    if folder:
+        key = (kind, "folder", Path(folder).expanduser().resolve())
+    else:
+        key = (kind, "name", name)
+    with _lock:
+        if key not in _plugins:
+            if folder:
+                functions, sources = _from_folder(kind, key[2], names)
+            else:
+                functions, sources = _from_entry_point(kind, group, name, names)
+            _plugins[key] = cls(**functions, sources=sources)
+            log.info("%s plugin loaded from %s", kind, _plugins[key].source)
+        return _plugins[key]
+
+
+def load_auth_plugin(folder=None, name=None):
+    """The auth plugin from ``folder`` or the entry point ``name`` (one of them is required).
+
+    Loaded once per process and cached; raises :class:`PluginError`.
+    """
+    if not folder and not name:
+        raise PluginError(
+            "no auth plugin configured: set MLiyAuthenticator.plugin_folder (a folder of "
+            f"plugin files) or MLiyAuthenticator.plugin_name (an {AUTH_ENTRY_POINT_GROUP} "
+            "entry point)"
+        )
+    return _load("auth", AuthPlugin, AUTH_ENTRY_POINT_GROUP, AUTH_FUNCTIONS, folder, name)
+
+
+def load_dns_plugin(folder=None, name=None):
+    """The DNS plugin from ``folder`` or the entry point ``name``; with neither, the no-op.
+
+    Loaded once per process and cached; raises :class:`PluginError`.
+    """
+    if not folder and not name:
+        return NOOP_DNS_PLUGIN
+    return _load("dns", DnsPlugin, DNS_ENTRY_POINT_GROUP, DNS_FUNCTIONS, folder, name)
+
+
+# --- calling DNS plugins ----------------------------------------------------------------
+
+
+async def run_dns(plugin, action, instance_name, ip, log, time_limit=60):
+    """Run ``plugin``'s create (``action="create"``) or delete entry on the AWS executor.
+
+    Never raises for a plugin failure: logs it on ``log`` (with the traceback) and returns
+    a one-line message for the user's progress page; returns None on success.
+    ``time_limit`` (seconds) bounds the wait; the call itself may finish later in its thread.
+    """
+    if action not in DNS_ACTIONS:
+        raise ValueError(f"DNS action {action!r} is not one of {', '.join(DNS_ACTIONS)}")
+    fn = plugin.createDnsEntry if action == "create" else plugin.deleteDnsEntry
+    try:
+        await asyncio.wait_for(aws.run_in_executor(fn, instance_name, ip), time_limit)
+    except TimeoutError:
+        log.warning(
+            "DNS %s for %s (%s) did not finish within %s s (plugin %s)",
+            action,
+            instance_name,
+            ip,
+            time_limit,
+            plugin.source,
+        )
+        return (
+            f"DNS {action} for {instance_name} did not finish within {time_limit} s; "
+            "the server is reached by its IP address"
+        )
+    except Exception as e:
+        log.warning(
+            "DNS %s for %s (%s) failed (plugin %s)",
+            action,
+            instance_name,
+            ip,
+            plugin.source,
+            exc_info=True,
+        )
+        return (
+            f"DNS {action} for {instance_name} failed ({type(e).__name__}: {e}); "
+            "the server is reached by its IP address"
+        )
+    return None
+
+
+def dns_display_name(plugin, instance_name, ip, log):
+    """The name to show (and connect to) for a server: the plugin's name, else ``ip``.
+
+    ``dnsDisplayName`` must be quick and do no network I/O. A failure is logged and
+    falls back to the IP.
+    """
+    try:
+        name = plugin.dnsDisplayName(instance_name)
+    except Exception:
+        log.warning(
+            "dnsDisplayName(%r) failed (plugin %s)", instance_name, plugin.source, exc_info=True
+        )
+        return ip
+    if name is None:
+        return ip
+    if not isinstance(name, str) or not name:
+        log.warning(
+            "dnsDisplayName(%r) returned %r, not a name (plugin %s)",
+            instance_name,
+            name,
+            plugin.source,
+        )
+        return ip
+    return name
+
+
+# --- helpers for auth plugins --------------------------------------------------------------
+
+
+def header_text(headers, name, limit=256):
+    """``headers[name]`` made safe to show: control and invisible characters dropped,
+    whitespace runs collapsed to one space, cut to ``limit`` characters; "" if absent."""
+    value = headers.get(name) or ""
+    kept = "".join(" " if c.isspace() else c for c in value if c.isspace() or not _is_control(c))
+    return " ".join(kept.split())[:limit]
+
+
+def header_email(headers, name):
+    """``headers[name]`` if it looks like one e-mail address (``x@y``), else ""."""
+    value = header_text(headers, name, limit=_EMAIL_MAX)
+    if _EMAIL_RE.fullmatch(value):
+        return value
+    if value:
+        log.warning("ignoring the %s header: %r is not an e-mail address", name, value[:60])
+    return ""
+
+
+def _is_control(c):
+    return unicodedata.category(c).startswith("C")
+
+
+_EMAIL_MAX = 254
+_EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def split_dn_list(value):
+    """Split a list of DNs separated by ``;`` or newlines (escaped ``\\;`` stays)."""
+    parts, current, i = [], [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            current.append(value[i : i + 2])
+            i += 2
+            continue
+        if c in ";\r\n":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_dn(dn):
+    """Parse an RFC 4514 DN into RDNs, each a list of ``(attribute, value)`` pairs.
+
+    Handles ``\\,``-style and ``\\2C``-style (UTF-8 hex) escapes, quoted values and
+    multi-valued RDNs (``+``). Raises ValueError naming the problem.
+    """
+    rdns, rdn = [], []
+    i, n = 0, len(dn)
+    while True:
+        # attribute type
+        start = i
+        while i < n and dn[i] != "=":
+            if dn[i] in ',+;\\"':
+                raise ValueError(f"unexpected {dn[i]!r} in attribute name at {i} in DN {dn!r}")
+            i += 1
+        if i >= n:
+            raise ValueError(f"missing '=' after {dn[start:]!r} in DN {dn!r}")
+        attr = dn[start:i].strip()
+        if not attr:
+            raise ValueError(f"empty attribute name at {start} in DN {dn!r}")
+        i += 1
+        value, i = _parse_value(dn, i)
+        rdn.append((attr, value))
+        if i >= n:
+            rdns.append(rdn)
+            return rdns
+        if dn[i] == "+":
+            i += 1
+        else:  # ","
+            rdns.append(rdn)
+            rdn = []
+            i += 1
+
+
+def _parse_value(dn, i):
+    n = len(dn)
+    while i < n and dn[i] == " ":
+        i += 1
+    out = bytearray()
+    if i < n and dn[i] == '"':
+        i += 1
+        while i < n and dn[i] != '"':
+            if dn[i] == "\\" and i + 1 < n:
+                i += 1
+            out += dn[i].encode()
+            i += 1
+        if i >= n:
+            raise ValueError(f"unterminated quoted value in DN {dn!r}")
+        i += 1
+        while i < n and dn[i] == " ":
+            i += 1
+    else:
+        trailing = 0  # unescaped trailing spaces are not part of the value
+        while i < n and dn[i] not in ",+":
+            c = dn[i]
+            if c == "\\":
+                if i + 1 >= n:
+                    raise ValueError(f"DN {dn!r} ends with a lone backslash")
+                pair = dn[i + 1 : i + 3]
+                if len(pair) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in pair):
+                    out.append(int(pair, 16))
+                    i += 3
+                else:
+                    out += dn[i + 1].encode()
+                    i += 2
+                trailing = 0
+                continue
+            if c == '"':
+                raise ValueError(f"unescaped '\"' inside a value in DN {dn!r}")
+            out += c.encode()
+            trailing = trailing + 1 if c == " " else 0
+            i += 1
+        if trailing:
+            del out[-trailing:]
+    if i < n and dn[i] not in ",+":
+        raise ValueError(f"unexpected {dn[i]!r} after a quoted value in DN {dn!r}")
+    try:
+        return out.decode("utf-8"), i
+    except UnicodeDecodeError:
+        raise ValueError(f"escaped bytes in DN {dn!r} are not UTF-8") from None
+
+
+def cn_groups(value, log=log):
+    """Group names from a ``memberOf`` header: the CN of each DN's first RDN.
+
+    ``value`` holds DNs separated by ``;`` or newlines. A DN that does not parse or does
+    not start with a CN is logged on ``log`` and left out; duplicates are dropped.
+    """
+    groups = []
+    for dn in split_dn_list(value or ""):
+        try:
+            first = parse_dn(dn)[0]
+        except ValueError as e:
+            log.warning("ignoring a group DN that does not parse: %s", e)
+            continue
+        cns = [v for attr, v in first if attr.lower() == "cn"]
+        if not cns or not cns[0]:
+            log.warning("ignoring group DN %r: its first part is not a CN", dn)
+            continue
+        if cns[0] not in groups:
+            groups.append(cns[0])
+    return groups
+
+
+__all__ = [
+    "AUTH_ENTRY_POINT_GROUP",
+    "AUTH_FUNCTIONS",
+    "DNS_ENTRY_POINT_GROUP",
+    "DNS_FUNCTIONS",
+    "NOOP_DNS_PLUGIN",
+    "AuthPlugin",
+    "DnsPlugin",
+    "PluginError",
+    "cn_groups",
+    "dns_display_name",
+    "header_email",
+    "header_text",
+    "load_auth_plugin",
+    "load_dns_plugin",
+    "parse_dn",
+    "run_dns",
+    "split_dn_list",
+]

@@ -1,0 +1,63 @@
+"""Auth plugin for Apache httpd with mod_authnz_ldap (MLiy's LDAP plugin, for JupyterHub).
+
+Apache authenticates the user against the directory and forwards ``/hub/login`` to
+configurable-http-proxy with these request headers (see ``docs/plugins.md`` for the
+Apache configuration):
+
+``REMOTE_USER``             the user name (the header this plugin logs in with)
+``AUTHENTICATE_GIVENNAME``  first name          ``AUTHENTICATE_SN``  last name
+``AUTHENTICATE_MAIL``       e-mail address
+``AUTHORIZE_MEMBEROF``      the user's group DNs, separated by ``;`` or newlines
+                            (``AUTHENTICATE_MEMBEROF`` is read when it is absent)
+
+Each group is the CN of a DN's first part: ``CN=data-science,OU=Groups,DC=example,DC=com``
+gives ``data-science``. ``plugin_settings.AUTH_GROUP_PATTERN`` narrows the groups.
+"""
+
+import logging
+import re
+
+import plugin_settings
+
+from mliy_spawner.plugins import cn_groups, header_email, header_text
+
+log = logging.getLogger("mliy.auth")
+
+_pattern = getattr(plugin_settings, "AUTH_GROUP_PATTERN", None)
+GROUP_PATTERN = re.compile(_pattern) if _pattern else None
+
+
+def getAuthHeader():
+    """The header that carries the user name."""
+    return "REMOTE_USER"
+
+
+def processAuthUserInfo(headers):
+    """First and last name, display name and e-mail from the LDAP attributes."""
+    first = header_text(headers, "AUTHENTICATE_GIVENNAME")
+    last = header_text(headers, "AUTHENTICATE_SN")
+    return {
+        "first_name": first,
+        "last_name": last,
+        "display_name": " ".join(part for part in (first, last) if part),
+        "email": header_email(headers, "AUTHENTICATE_MAIL"),
+    }
+
+
+def processAuthUserGroups(headers):
+    """The CN of every group DN in memberOf (filtered by AUTH_GROUP_PATTERN)."""
+    member_of = headers.get("AUTHORIZE_MEMBEROF") or headers.get("AUTHENTICATE_MEMBEROF", "")
+    groups = cn_groups(member_of, log)
+    if GROUP_PATTERN is not None:
+        groups = [group for group in groups if GROUP_PATTERN.search(group)]
+    return groups
+
+
+def configureAuthUser(user_info):
+    """Nothing to add: the user info above is all this directory gives."""
+    return None
+
+
+def cleanAuthUsername(username):
+    """The LDAP uid is the JupyterHub name (surrounding spaces dropped)."""
+    return username.strip()

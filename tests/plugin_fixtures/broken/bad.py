@@ -1,0 +1,5 @@
+def _connect():
+    raise RuntimeError("boom: the directory is down")
+
+
+_connect()

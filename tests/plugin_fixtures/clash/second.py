@@ -1,0 +1,2 @@
+def getAuthHeader():
+    return "X-Other-User"

@@ -1,0 +1,6 @@
+def getAuthHeader():
+    return "REMOTE_USER"
+
+
+def cleanAuthUsername(username):
+    return username

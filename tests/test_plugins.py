@@ -1,0 +1,506 @@
+"""Plugin loader, DNS helpers, DN parsing and the ldap/isso sample plugins.
+
+Plugin folders come from ``tests/plugin_fixtures`` (see its README) and are copied to a
+temporary folder first: the loader imports each folder once per process.
+"""
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from mliy_spawner.assets import asset_dir
+from mliy_spawner.auth import RequestHeaders
+from mliy_spawner.plugins import (
+    AUTH_FUNCTIONS,
+    DNS_FUNCTIONS,
+    NOOP_DNS_PLUGIN,
+    AuthPlugin,
+    DnsPlugin,
+    PluginError,
+    cn_groups,
+    dns_display_name,
+    header_email,
+    header_text,
+    load_auth_plugin,
+    load_dns_plugin,
+    parse_dn,
+    run_dns,
+    split_dn_list,
+)
+
+FIXTURES = Path(__file__).parent / "plugin_fixtures"
+log = logging.getLogger("mliy.test")
+
+
+def fixture_folder(name, tmp_path):
+    target = tmp_path / name
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+def sample_folder(tmp_path, *files, settings=""):
+    """A folder with shipped sample plugin ``files`` and the given plugin_settings text."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for name in files:
+        shutil.copy(asset_dir("plugins") / name, folder / name)
+    (folder / "plugin_settings.py").write_text(settings)
+    return folder
+
+
+def headers(*pairs):
+    return RequestHeaders(pairs)
+
+
+# --- loading from a folder -------------------------------------------------------------
+
+
+def test_folder_plugin_spread_over_files_reads_its_settings(tmp_path):
+    folder = fixture_folder("split", tmp_path)
+    plugin = load_auth_plugin(folder=str(folder))
+    assert isinstance(plugin, AuthPlugin)
+    assert plugin.getAuthHeader() == "X-Test-User"  # from plugin_settings.py
+    assert plugin.cleanAuthUsername("  Alice ") == "alice"
+    assert plugin.sources["getAuthHeader"] == str(folder / "names.py")
+    assert plugin.sources["processAuthUserGroups"] == str(folder / "details.py")
+    assert set(plugin.sources) == set(AUTH_FUNCTIONS)
+    groups = plugin.processAuthUserGroups(headers(("X-Test-Groups", "a, b,,c")))
+    assert groups == ["a", "b", "c"]
+
+    dns = load_dns_plugin(folder=str(folder))
+    assert isinstance(dns, DnsPlugin)
+    assert dns.dnsDisplayName("alice") == "alice.nb.example.test"
+    assert set(dns.sources.values()) == {str(folder / "dns.py")}
+
+
+def test_each_file_is_imported_once(tmp_path):
+    folder = fixture_folder("split", tmp_path)
+    first = load_auth_plugin(folder=str(folder))
+    again = load_auth_plugin(folder=str(folder) + "/")  # same folder, spelled differently
+    load_dns_plugin(folder=str(folder))
+    load_dns_plugin(folder=str(folder))
+    assert again is first
+    imports = (folder / "imports.log").read_text().split()
+    assert sorted(imports) == ["details", "dns", "names", "plugin_settings"]
+
+
+def test_plugin_settings_of_two_folders_stay_apart(tmp_path):
+    one = fixture_folder("split", tmp_path / "one")
+    two = fixture_folder("split", tmp_path / "two")
+    (two / "plugin_settings.py").write_text(
+        (two / "plugin_settings.py").read_text().replace("X-Test-User", "X-Second-User")
+    )
+    assert load_auth_plugin(folder=str(one)).getAuthHeader() == "X-Test-User"
+    assert load_auth_plugin(folder=str(two)).getAuthHeader() == "X-Second-User"
+    assert load_auth_plugin(folder=str(one)).getAuthHeader() == "X-Test-User"
+
+
+def test_two_files_defining_one_function_name_both(tmp_path):
+    folder = fixture_folder("clash", tmp_path)
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(folder=str(folder))
+    message = str(error.value)
+    assert "getAuthHeader" in message
+    assert str(folder / "first.py") in message
+    assert str(folder / "second.py") in message
+
+
+def test_missing_functions_are_listed(tmp_path):
+    folder = fixture_folder("incomplete", tmp_path)
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(folder=str(folder))
+    message = str(error.value)
+    lacking = message.split("lacks ")[1].split(" (")[0]
+    assert lacking.split(", ") == [
+        "processAuthUserInfo",
+        "processAuthUserGroups",
+        "configureAuthUser",
+    ]
+    assert str(folder) in message
+
+
+def test_dns_plugin_missing_from_an_auth_folder_is_an_error(tmp_path):
+    folder = fixture_folder("clash", tmp_path)
+    (folder / "second.py").unlink()
+    with pytest.raises(PluginError, match="dnsDisplayName, createDnsEntry, deleteDnsEntry"):
+        load_dns_plugin(folder=str(folder))
+
+
+def test_import_failure_carries_the_traceback(tmp_path):
+    folder = fixture_folder("broken", tmp_path)
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(folder=str(folder))
+    message = str(error.value)
+    assert str(folder / "bad.py") in message
+    assert "Traceback" in message
+    assert "RuntimeError: boom: the directory is down" in message
+    assert "_connect()" in message  # the failing line, from the traceback
+
+
+def test_an_endpoint_that_is_not_a_function_is_an_error(tmp_path):
+    folder = tmp_path / "notfunc"
+    folder.mkdir()
+    source = (FIXTURES / "clash" / "first.py").read_text()
+    (folder / "plugin.py").write_text(source + "\ncleanAuthUsername = 'oops'\n")
+    with pytest.raises(PluginError, match=r"cleanAuthUsername in .*plugin.py is a str"):
+        load_auth_plugin(folder=str(folder))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "no auth plugin configured: set MLiyAuthenticator.plugin_folder"),
+        ({"folder": "/nonexistent/plugins"}, "/nonexistent/plugins does not exist"),
+        ({"folder": "/tmp", "name": "ldap"}, "not both"),
+    ],
+    ids=["nothing", "missing-folder", "both"],
+)
+def test_bad_auth_configuration(kwargs, match):
+    with pytest.raises(PluginError, match=match):
+        load_auth_plugin(**kwargs)
+
+
+def test_empty_folder_lacks_everything(tmp_path):
+    with pytest.raises(PluginError, match="lacks getAuthHeader, processAuthUserInfo"):
+        load_auth_plugin(folder=str(tmp_path))
+
+
+def test_default_dns_plugin_is_the_no_op():
+    plugin = load_dns_plugin()
+    assert plugin is NOOP_DNS_PLUGIN
+    assert plugin.dnsDisplayName("alice") is None
+    assert plugin.createDnsEntry("alice", "10.0.0.1") is None
+    assert set(plugin.sources) == set(DNS_FUNCTIONS)
+
+
+# --- loading from entry points -----------------------------------------------------------
+
+
+@pytest.fixture
+def entry_point_path(tmp_path, monkeypatch):
+    folder = fixture_folder("entrypoint", tmp_path)
+    monkeypatch.syspath_prepend(str(folder))
+    return folder
+
+
+def test_entry_point_plugins_by_name(entry_point_path):
+    auth = load_auth_plugin(name="test-sso")
+    assert auth.getAuthHeader() == "X-Ep-User"
+    assert auth.processAuthUserGroups({}) == ["ep-group"]
+    assert auth.source == "entry point mliy_spawner.auth_plugins:test-sso = mliy_test_ep"
+    dns = load_dns_plugin(name="test-dns")
+    assert dns.dnsDisplayName("x") is None
+    assert "mliy_spawner.dns_plugins:test-dns" in dns.source
+
+
+def test_unknown_entry_point_lists_the_installed_ones(entry_point_path):
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(name="no-such-plugin")
+    assert "'no-such-plugin'" in str(error.value)
+    assert "test-sso" in str(error.value)
+
+
+def test_entry_point_that_fails_to_load(entry_point_path):
+    with pytest.raises(PluginError) as error:
+        load_dns_plugin(name="broken-dns")
+    assert "Traceback" in str(error.value)
+    assert "mliy_test_ep_missing_module" in str(error.value)
+
+
+def test_entry_point_name_claimed_twice(tmp_path, monkeypatch):
+    for dist_name, module in [("first-sso", "first_sso"), ("second-sso", "second_sso")]:
+        dist = tmp_path / dist_name / f"{module}-1.0.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text(f"[mliy_spawner.auth_plugins]\ndup = {module}\n")
+        monkeypatch.syspath_prepend(str(tmp_path / dist_name))
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(name="dup")
+    assert "'first_sso' (from first-sso)" in str(error.value)
+    assert "'second_sso' (from second-sso)" in str(error.value)
+
+
+def test_entry_point_missing_functions(tmp_path, monkeypatch):
+    folder = tmp_path / "ep"
+    dist = folder / "half-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mliy_spawner.dns_plugins]\nhalf = half_dns\n")
+    (folder / "half_dns.py").write_text("def dnsDisplayName(name):\n    return None\n")
+    monkeypatch.syspath_prepend(str(folder))
+    with pytest.raises(PluginError, match="lacks createDnsEntry, deleteDnsEntry"):
+        load_dns_plugin(name="half")
+
+
+# --- running DNS plugins -----------------------------------------------------------------
+
+
+async def test_run_dns_success_and_failure(tmp_path, caplog):
+    folder = fixture_folder("split", tmp_path)
+    plugin = load_dns_plugin(folder=str(folder))
+    module_records = plugin.createDnsEntry.__globals__["RECORDS"]
+    assert await run_dns(plugin, "create", "alice", "10.0.0.5", log) is None
+    assert module_records == {"alice": "10.0.0.5"}
+    assert await run_dns(plugin, "delete", "alice", "10.0.0.5", log) is None
+    assert module_records == {}
+
+    with caplog.at_level(logging.WARNING, logger="mliy.test"):
+        message = await run_dns(plugin, "create", "alice", "192.0.2.99", log)
+    assert "DNS create for alice failed" in message
+    assert "ConnectionError: the DNS service is unreachable" in message
+    assert "reached by its IP address" in message
+    logged = [r for r in caplog.records if r.name == "mliy.test"]
+    assert len(logged) == 1 and logged[0].exc_info[0] is ConnectionError
+    assert "DNS create for alice (192.0.2.99) failed" in logged[0].getMessage()
+
+
+async def test_run_dns_time_limit(tmp_path):
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "slow.py").write_text(
+        "import time\n"
+        "def dnsDisplayName(name):\n    return None\n"
+        "def createDnsEntry(name, ip):\n    time.sleep(2)\n"
+        "def deleteDnsEntry(name, ip):\n    return None\n"
+    )
+    plugin = load_dns_plugin(folder=str(folder))
+    started = time.monotonic()
+    message = await run_dns(plugin, "create", "alice", "10.0.0.5", log, time_limit=0.2)
+    assert time.monotonic() - started < 1.5
+    assert message == (
+        "DNS create for alice did not finish within 0.2 s; the server is reached by its IP address"
+    )
+
+
+async def test_run_dns_rejects_unknown_actions():
+    with pytest.raises(ValueError, match="'upsert' is not one of create, delete"):
+        await run_dns(NOOP_DNS_PLUGIN, "upsert", "alice", "10.0.0.5", log)
+
+
+async def test_run_dns_does_not_block_the_loop(tmp_path):
+    folder = tmp_path / "blocking"
+    folder.mkdir()
+    (folder / "blocking.py").write_text(
+        "import time\n"
+        "def dnsDisplayName(name):\n    return None\n"
+        "def createDnsEntry(name, ip):\n    time.sleep(0.5)\n"
+        "def deleteDnsEntry(name, ip):\n    return None\n"
+    )
+    plugin = load_dns_plugin(folder=str(folder))
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    assert await run_dns(plugin, "create", "alice", "10.0.0.5", log) is None
+    task.cancel()
+    assert ticks >= 5
+
+
+def test_dns_display_name_falls_back_to_the_ip(tmp_path):
+    assert dns_display_name(NOOP_DNS_PLUGIN, "alice", "10.0.0.5", log) == "10.0.0.5"
+    folder = fixture_folder("split", tmp_path)
+    plugin = load_dns_plugin(folder=str(folder))
+    assert dns_display_name(plugin, "alice", "10.0.0.5", log) == "alice.nb.example.test"
+    failing = DnsPlugin(
+        dnsDisplayName=lambda name: 1 / 0,
+        createDnsEntry=plugin.createDnsEntry,
+        deleteDnsEntry=plugin.deleteDnsEntry,
+    )
+    assert dns_display_name(failing, "alice", "10.0.0.5", log) == "10.0.0.5"
+    empty = DnsPlugin(lambda name: "", plugin.createDnsEntry, plugin.deleteDnsEntry)
+    assert dns_display_name(empty, "alice", "10.0.0.5", log) == "10.0.0.5"
+
+
+# --- distinguished names -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dn, expected",
+    [
+        ("CN=data,OU=Groups,DC=corp", [[("CN", "data")], [("OU", "Groups")], [("DC", "corp")]]),
+        (r"CN=Smith\, John,DC=corp", [[("CN", "Smith, John")], [("DC", "corp")]]),
+        (r"CN=Smith\2C John,DC=corp", [[("CN", "Smith, John")], [("DC", "corp")]]),
+        (r"CN=caf\C3\A9,DC=x", [[("CN", "café")], [("DC", "x")]]),
+        ('CN="a,b;c",DC=x', [[("CN", "a,b;c")], [("DC", "x")]]),
+        ("CN=a+UID=7,DC=x", [[("CN", "a"), ("UID", "7")], [("DC", "x")]]),
+        (r"CN=trail\ ,DC=x", [[("CN", "trail ")], [("DC", "x")]]),
+        ("cn = spaced , dc = x", [[("cn", "spaced")], [("dc", "x")]]),
+        (r"CN=a\+b\=c\\d,DC=x", [[("CN", "a+b=c\\d")], [("DC", "x")]]),
+    ],
+    ids=["plain", "escaped-comma", "hex-comma", "utf8-hex", "quoted", "multi-valued",
+         "escaped-space", "spaces", "escapes"],
+)  # fmt: skip
+def test_parse_dn(dn, expected):
+    assert parse_dn(dn) == expected
+
+
+@pytest.mark.parametrize(
+    "dn, match",
+    [
+        ("garbage", "missing '='"),
+        ("CN=a,,DC=x", "unexpected ','"),
+        ("CN=a,", "missing '='"),
+        ("=a", "empty attribute name"),
+        ("CN=a\\", "lone backslash"),
+        (r"CN=\FF\FE", "not UTF-8"),
+        ('CN="open', "unterminated"),
+        ('CN=a"b', "unescaped"),
+        ('CN="a"b', "after a quoted value"),
+    ],
+)
+def test_parse_dn_rejects(dn, match):
+    with pytest.raises(ValueError, match=match):
+        parse_dn(dn)
+
+
+def test_split_dn_list_keeps_escaped_separators():
+    value = "CN=a\\;b,DC=x; CN=c,DC=x\r\nCN=d,DC=x\n\n;;"
+    assert split_dn_list(value) == ["CN=a\\;b,DC=x", "CN=c,DC=x", "CN=d,DC=x"]
+
+
+def test_cn_groups_from_hostile_member_of(caplog):
+    value = ";".join(
+        [
+            "CN=data-science,OU=Groups,DC=corp",
+            "CN=hub-admins,CN=Users,DC=corp",  # the container's CN is not a group
+            r"CN=Smith\, John's team,OU=Groups,DC=corp",
+            "OU=NotAGroup,DC=corp",
+            "CN=,DC=corp",
+            "total garbage",
+            "CN=data-science,OU=Elsewhere,DC=corp",  # duplicate name
+            "CN=<script>alert(1)</script>,DC=corp",
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="mliy.test"):
+        groups = cn_groups(value, log)
+    assert groups == [
+        "data-science",
+        "hub-admins",
+        "Smith, John's team",
+        "<script>alert(1)</script>",  # text; JupyterHub's pages escape it
+    ]
+    assert len([r for r in caplog.records if r.name == "mliy.test"]) == 3
+    assert cn_groups("") == []
+    assert cn_groups(None) == []
+
+
+def test_cn_groups_is_linear_on_huge_input():
+    value = ";".join(f"CN=group-{i},OU=Groups,DC=corp" for i in range(20000))
+    started = time.monotonic()
+    groups = cn_groups(value, log)
+    assert len(groups) == 20000
+    assert time.monotonic() - started < 5
+
+
+def test_header_text_and_email():
+    h = headers(
+        ("Name", "  Ada\u200d \tLove\x00lace\r\n "),
+        ("Long", "x" * 1000),
+        ("Mail", "ada@example.com"),
+        ("BadMail", "ada@example.com<script>"),
+    )
+    assert header_text(h, "Name") == "Ada Lovelace"
+    assert header_text(h, "Long") == "x" * 256
+    assert header_text(h, "Missing") == ""
+    assert header_email(h, "Mail") == "ada@example.com"
+    assert header_email(h, "BadMail") == ""
+
+
+# --- the sample auth plugins ------------------------------------------------------------
+
+
+def test_ldap_sample(tmp_path):
+    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "ldap.py")))
+    assert plugin.getAuthHeader() == "REMOTE_USER"
+    h = headers(
+        ("REMOTE_USER", " jdoe "),
+        ("AUTHENTICATE_GIVENNAME", "Jos\xc3\xa9"),  # UTF-8 bytes as tornado gives them
+        ("AUTHENTICATE_SN", "Doe\u202e\x07"),
+        ("AUTHENTICATE_MAIL", "jdoe@example.com"),
+        ("AUTHORIZE_MEMBEROF", "CN=a,OU=G,DC=x;CN=Smith\\, J,OU=G,DC=x\nCN=b,DC=x"),
+    )
+    assert plugin.cleanAuthUsername(h["REMOTE_USER"]) == "jdoe"
+    assert plugin.processAuthUserInfo(h) == {
+        "first_name": "José",
+        "last_name": "Doe",
+        "display_name": "José Doe",
+        "email": "jdoe@example.com",
+    }
+    assert plugin.processAuthUserGroups(h) == ["a", "Smith, J", "b"]
+    assert plugin.configureAuthUser({"name": "jdoe"}) is None
+
+
+def test_ldap_sample_hostile_and_missing_headers(tmp_path):
+    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "ldap.py")))
+    h = headers(
+        ("REMOTE_USER", "x"),
+        ("AUTHENTICATE_MAIL", "not-an-address"),
+        ("AUTHENTICATE_MEMBEROF", "CN=fallback,DC=x;\\"),
+    )
+    info = plugin.processAuthUserInfo(h)
+    assert info == {"first_name": "", "last_name": "", "display_name": "", "email": ""}
+    assert plugin.processAuthUserGroups(h) == ["fallback"]
+    assert plugin.processAuthUserGroups(headers(("REMOTE_USER", "x"))) == []
+
+
+def test_ldap_sample_group_pattern(tmp_path):
+    folder = sample_folder(tmp_path, "ldap.py", settings='AUTH_GROUP_PATTERN = r"^jupyter-"\n')
+    plugin = load_auth_plugin(folder=str(folder))
+    h = headers(("AUTHORIZE_MEMBEROF", "CN=jupyter-gpu,DC=x;CN=payroll,DC=x;CN=x-jupyter-,DC=x"))
+    assert plugin.processAuthUserGroups(h) == ["jupyter-gpu"]
+
+
+@pytest.mark.parametrize(
+    "upn, expected",
+    [
+        ("alice@corp.example.com", "alice"),
+        ("  Alice@CORP ", "Alice"),
+        ("alice", "alice"),
+        ("@corp.example.com", ""),
+        ("a@b@corp", "a@b"),
+        ("../x@corp", "../x"),
+    ],
+)
+def test_isso_sample_drops_the_domain(tmp_path, upn, expected):
+    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "isso.py")))
+    assert plugin.cleanAuthUsername(upn) == expected
+
+
+def test_isso_sample_details(tmp_path):
+    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "isso.py")))
+    assert plugin.getAuthHeader() == "USERPRINCIPALNAME"
+    h = headers(
+        ("USERPRINCIPALNAME", "alice@corp.example.com"),
+        ("CTFIRSTNAME", "Alice"),
+        ("CTLASTNAME", "Liddell\n"),
+        ("CTEMAIL", "alice@corp.example.com"),
+        ("MEMBEROF", "CN=research,OU=Groups,DC=corp;CN=research,DC=other;OU=x"),
+    )
+    assert plugin.processAuthUserInfo(h) == {
+        "first_name": "Alice",
+        "last_name": "Liddell",
+        "display_name": "Alice Liddell",
+        "email": "alice@corp.example.com",
+        "user_principal_name": "alice@corp.example.com",
+    }
+    assert plugin.processAuthUserGroups(h) == ["research"]
+
+
+def test_ldap_and_isso_in_one_folder_clash(tmp_path):
+    # both define the auth functions: a folder holds one auth plugin
+    folder = sample_folder(tmp_path, "ldap.py", "isso.py")
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(folder=str(folder))
+    for name in AUTH_FUNCTIONS:
+        assert f"{name} is defined in two files, {folder / 'isso.py'} and {folder / 'ldap.py'}" in (
+            str(error.value)
+        )
