@@ -1,1 +1,152 @@
-"""The hub-managed ``mliy`` service: progress reports from instances and the instance control API."""
+"""The hub-managed ``mliy`` service: progress reports from instances and the instance control API.
+
+Add it to a hub with one line of ``jupyterhub_config.py``::
+
+    from mliy_spawner.service import configure_service
+    configure_service(c)
+
+The hub then runs ``python -m mliy_spawner.service`` (see :mod:`.app` for the
+environment it reads) behind the proxy at ``/services/mliy/``. Endpoints, answers and
+rules: ``docs/service.md``.
+"""
+
+import os
+import sys
+
+#: The hub scopes the service's own token needs: read servers (to see ``pending``),
+#: start them and stop/remove them. Users' tokens are checked with the token itself.
+SERVICE_SCOPES = ["read:servers", "start:servers", "delete:servers"]
+
+# Hub environment variables the service inherits, so its CloudFormation calls see the
+# hub's AWS setup. JupyterHub stores a service's environment in its database, so the
+# secret ones are passed as callables read when the hub starts the service: the database
+# keeps None for them (JupyterHub logs "Non-jsonable data ... will persist None" once for
+# each at startup). The others are copied as they are when the config loads.
+FORWARDED_ENV = (
+    "HOME",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CA_BUNDLE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_EC2_METADATA_DISABLED",
+    "NO_PROXY",
+)
+FORWARDED_SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+)
+
+
+def _from_hub_env(name):
+    def value(spawner):
+        return os.environ.get(name, "")
+
+    value.__name__ = f"hub_env_{name}"
+    return value
+
+
+def _secret(text):
+    def value(spawner):
+        return text
+
+    return value
+
+
+def _get(section, key, default=None):
+    # traitlets Config sections answer unknown keys with a lazy placeholder; check first
+    return section[key] if key in section else default
+
+
+def configure_service(
+    c,
+    *,
+    name="mliy",
+    port=None,
+    store_url=None,
+    log_dir=None,
+    log_levels=None,
+    aws_endpoint_url=None,
+    environment=None,
+):
+    """Add the ``mliy`` service and its role to the hub config ``c``; returns the service dict.
+
+    - ``name``: service name, so its URL is ``/services/<name>/``.
+    - ``port``: loopback port it listens on (default: a free port chosen now).
+    - ``store_url``: SQLAlchemy URL of the store shared with the spawner (default:
+      ``mliy.sqlite`` next to ``c.JupyterHub.db_url``'s SQLite file; set ``db_url``
+      before calling this).
+    - ``log_dir``, ``log_levels``: see :func:`mliy_spawner.logs.configure_logging`.
+    - ``aws_endpoint_url``: a CloudFormation stand-in (moto) instead of AWS.
+    - ``environment``: more environment variables for the service process.
+    """
+    from jupyterhub.utils import random_port
+    from sqlalchemy.engine import make_url
+
+    from ..logs import parse_levels
+    from ..store import default_store_url
+
+    if port is None:
+        port = random_port()
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port is {port!r}; allowed: an integer from 1 to 65535")
+    if store_url is None:
+        store_url = default_store_url(_get(c.JupyterHub, "db_url", "sqlite:///jupyterhub.sqlite"))
+    parse_levels(log_levels)  # fail at config time, naming the bad key
+    services = list(_get(c.JupyterHub, "services", []))
+    if any(s.get("name") == name for s in services):
+        raise ValueError(f"c.JupyterHub.services already has a service named {name!r}")
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env.update({k: _from_hub_env(k) for k in FORWARDED_SECRET_ENV if k in os.environ})
+    # a database password must not land in the hub's database either
+    store_url = str(store_url)
+    env["MLIY_STORE_URL"] = _secret(store_url) if make_url(store_url).password else store_url
+    if aws_endpoint_url:
+        env["MLIY_AWS_ENDPOINT_URL"] = aws_endpoint_url
+    if log_dir:
+        env["MLIY_LOG_DIR"] = os.path.abspath(log_dir)
+    if log_levels:
+        env["MLIY_LOG_LEVELS"] = ",".join(f"{k}={v}" for k, v in log_levels.items())
+    env.update(environment or {})
+
+    service = {
+        "name": name,
+        "url": f"http://127.0.0.1:{port}",
+        "command": [sys.executable, "-m", "mliy_spawner.service"],
+        "environment": env,
+        # the hub's own service: logged-in users need not confirm access to it
+        "oauth_no_confirm": True,
+    }
+    services.append(service)
+    c.JupyterHub.services = services
+
+    roles = list(_get(c.JupyterHub, "load_roles", []))
+    role_name = f"{name}-service"
+    for role in roles:
+        if role.get("name") == role_name:
+            role["services"] = sorted(set(role.get("services", [])) | {name})
+            break
+    else:
+        roles.append(
+            {
+                "name": role_name,
+                "description": f"The {name} service: reads, starts and stops users' servers",
+                "scopes": list(SERVICE_SCOPES),
+                "services": [name],
+            }
+        )
+    c.JupyterHub.load_roles = roles
+    return service
+
+
+__all__ = ["configure_service", "SERVICE_SCOPES"]

@@ -1,0 +1,82 @@
+"""Logging setup for the four ``mliy.*`` loggers (MLiy's auth, boto, launch and web logs).
+
+``mliy.auth``     header login and auth plugins
+``mliy.aws``      every AWS call: operation, duration, outcome (never its parameters)
+``mliy.launch``   spawner lifecycle: stacks, instances, progress
+``mliy.service``  the ``mliy`` hub service: progress reports, control requests
+
+Records always propagate to the process's own handlers (the hub's or the service's
+console). :func:`configure_logging` sets each logger's level and, given a folder, adds
+one file per logger there (``auth.log``, ``aws.log``, ``launch.log``, ``service.log``).
+"""
+
+import logging
+import os
+
+#: The areas, each logged by ``mliy.<area>`` into ``<area>.log``.
+AREAS = ("auth", "aws", "launch", "service")
+DEFAULT_LEVEL = logging.INFO
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# marks the handlers this module added, so a second call replaces instead of doubling them
+_MARK = "_mliy_log_file"
+
+
+def _area(key):
+    area = key[len("mliy.") :] if key.startswith("mliy.") else key
+    if area not in AREAS:
+        allowed = ", ".join(f"{a!r} or 'mliy.{a}'" for a in AREAS)
+        raise ValueError(f"unknown logger {key!r} in log levels; one of {allowed}")
+    return area
+
+
+def _level(key, value):
+    if isinstance(value, bool):
+        raise ValueError(f"log level for {key!r} is {value!r}; use a level name or number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            return int(value)
+        level = logging.getLevelName(value.strip().upper())
+        if isinstance(level, int):
+            return level
+    raise ValueError(
+        f"log level for {key!r} is {value!r}; one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+
+
+def parse_levels(levels):
+    """``{"aws": "debug", "mliy.service": 10}`` -> ``{"aws": 10, "service": 10}``, checked."""
+    if levels is None:
+        return {}
+    if not isinstance(levels, dict):
+        raise ValueError(f"log levels must be a dict of logger -> level, not {levels!r}")
+    return {_area(key): _level(key, value) for key, value in levels.items()}
+
+
+def configure_logging(levels=None, log_dir=None):
+    """Set the levels of the ``mliy.*`` loggers and, with ``log_dir``, log each to a file.
+
+    ``levels`` maps an area (``"aws"``) or logger name (``"mliy.aws"``) to a level name or
+    number; areas not named get INFO. ``log_dir`` (created if missing) receives
+    ``auth.log``, ``aws.log``, ``launch.log`` and ``service.log``. Calling again replaces
+    the files and levels set before (idempotent). Returns ``{area: logger}``.
+    """
+    parsed = parse_levels(levels)
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    loggers = {}
+    for area in AREAS:
+        logger = logging.getLogger(f"mliy.{area}")
+        logger.setLevel(parsed.get(area, DEFAULT_LEVEL))
+        for handler in [h for h in logger.handlers if getattr(h, _MARK, False)]:
+            logger.removeHandler(handler)
+            handler.close()
+        if log_dir:
+            handler = logging.FileHandler(os.path.join(log_dir, f"{area}.log"), encoding="utf-8")
+            handler.setFormatter(logging.Formatter(FILE_FORMAT))
+            setattr(handler, _MARK, True)
+            logger.addHandler(handler)
+        loggers[area] = logger
+    return loggers

@@ -1,0 +1,171 @@
+"""The ``mliy`` service's tornado application and its settings (from the environment).
+
+JupyterHub starts the service with ``JUPYTERHUB_SERVICE_URL`` (where to listen),
+``JUPYTERHUB_SERVICE_PREFIX`` (``/services/mliy/``), ``JUPYTERHUB_API_URL`` and
+``JUPYTERHUB_API_TOKEN`` (the service's own token). :func:`configure_service` adds:
+
+``MLIY_STORE_URL``         SQLAlchemy URL of the shared store (default: ``mliy.sqlite`` in
+                           the working folder)
+``MLIY_AWS_ENDPOINT_URL``  AWS endpoint for CloudFormation (a stand-in such as moto);
+                           empty for AWS itself
+``MLIY_LOG_DIR``           folder for auth.log, aws.log, launch.log, service.log
+``MLIY_LOG_LEVELS``        ``area=LEVEL,...``, e.g. ``service=DEBUG,aws=INFO``
+``MLIY_PROGRESS_RATE``     progress reports per second and instance (default 10)
+``MLIY_PROGRESS_BURST``    reports allowed at once per instance (default 20)
+``MLIY_STOP_TIMEOUT``      seconds restart/terminate wait for a server to stop (300)
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubAuth
+from tornado import web
+
+from ..store import Store, store_url_from_env
+from .actions import InstanceActions
+from .handlers import InstanceActionHandler, MLiyProgressHandler, NotFoundHandler, ProgressHandler
+from .hub import HubClient
+from .ratelimit import RateLimiter
+
+log = logging.getLogger("mliy.service")
+
+
+def _number(environ, name, default, kind=float, minimum=0):
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a {kind.__name__}") from None
+    if value <= minimum:
+        raise ValueError(f"{name}={raw!r} must be greater than {minimum}")
+    return value
+
+
+def parse_log_levels(text):
+    """``"service=DEBUG, aws=info"`` -> ``{"service": "DEBUG", "aws": "info"}``."""
+    levels = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, level = item.partition("=")
+        if not sep or not name.strip() or not level.strip():
+            raise ValueError(f"MLIY_LOG_LEVELS item {item!r} is not area=LEVEL")
+        levels[name.strip()] = level.strip()
+    return levels
+
+
+@dataclass
+class Settings:
+    """What the service needs to run; :meth:`from_env` reads it as the hub passes it."""
+
+    service_url: str
+    prefix: str
+    api_url: str
+    api_token: str
+    store_url: str
+    aws_endpoint_url: str = ""
+    log_dir: str = ""
+    log_levels: dict | None = None
+    progress_rate: float = 10.0
+    progress_burst: int = 20
+    stop_timeout: float = 300.0
+
+    @classmethod
+    def from_env(cls, environ=None):
+        env = os.environ if environ is None else environ
+        missing = [
+            name
+            for name in ("JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_API_URL", "JUPYTERHUB_API_TOKEN")
+            if not env.get(name)
+        ]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)} not set: run the service from JupyterHub "
+                "(c.JupyterHub.services, see mliy_spawner.service.configure_service)"
+            )
+        prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/mliy/"
+        return cls(
+            service_url=env["JUPYTERHUB_SERVICE_URL"],
+            prefix="/" + prefix.strip("/") + "/",
+            api_url=env["JUPYTERHUB_API_URL"],
+            api_token=env["JUPYTERHUB_API_TOKEN"],
+            store_url=store_url_from_env(env),
+            aws_endpoint_url=env.get("MLIY_AWS_ENDPOINT_URL", ""),
+            log_dir=env.get("MLIY_LOG_DIR", ""),
+            log_levels=parse_log_levels(env.get("MLIY_LOG_LEVELS", "")),
+            progress_rate=_number(env, "MLIY_PROGRESS_RATE", 10.0),
+            progress_burst=_number(env, "MLIY_PROGRESS_BURST", 20, kind=int),
+            stop_timeout=_number(env, "MLIY_STOP_TIMEOUT", 300.0),
+        )
+
+    @property
+    def listen(self):
+        """``(host, port)`` to bind, from ``service_url``."""
+        url = urlparse(self.service_url)
+        return url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+
+    def __repr__(self):
+        # never show the token
+        return f"Settings(service_url={self.service_url!r}, prefix={self.prefix!r}, ...)"
+
+
+class Context:
+    """The objects every handler shares."""
+
+    def __init__(self, settings, store=None):
+        self.settings = settings
+        self.store = store or Store(settings.store_url)
+        self.hub_auth = HubAuth(
+            api_url=settings.api_url,
+            api_token=settings.api_token,
+            base_url=settings.prefix,
+            allow_token_in_url=False,
+            cache_max_age=60,
+        )
+        self.hub = HubClient(settings.api_url, settings.api_token)
+        self.limiter = RateLimiter(settings.progress_rate, settings.progress_burst)
+        self.actions = InstanceActions(
+            self.hub,
+            self.store,
+            run_blocking=self._run_blocking,
+            aws_endpoint_url=settings.aws_endpoint_url,
+            stop_timeout=settings.stop_timeout,
+        )
+
+    @staticmethod
+    async def _run_blocking(fn, *args):
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def _log_request(handler):
+    # the path only: a query string could hold a token someone put there
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    log.log(
+        level,
+        "%d %s %s %.1fms",
+        status,
+        handler.request.method,
+        handler.request.path,
+        handler.request.request_time() * 1000,
+    )
+
+
+def make_app(settings, store=None):
+    """The tornado application serving under ``settings.prefix``."""
+    context = Context(settings, store)
+    prefix = settings.prefix
+    args = {"context": context}
+    handlers = [
+        (prefix + r"api/progress/([^/]+)", ProgressHandler, args),
+        (prefix + r"ajax/progress/([^/]+)/(.+)", MLiyProgressHandler, args),
+        (prefix + r"api/instances/([^/]+)/([^/]+)", InstanceActionHandler, args),
+        (prefix + r".*", NotFoundHandler, args),
+    ]
+    app = web.Application(handlers, log_function=_log_request, xsrf_cookies=False)
+    app.mliy_context = context
+    return app

@@ -1,0 +1,230 @@
+"""HTTP handlers of the ``mliy`` service. Every answer is JSON: ``{"status": ..., ...}``.
+
+Authentication is the hub's: ``Authorization: token <token>`` checked with
+:class:`jupyterhub.services.auth.HubAuth` (tokens in the URL are not accepted, so they
+cannot end up in access logs). No token, or one the hub does not know: 401.
+"""
+
+import asyncio
+import functools
+import json
+import logging
+
+from tornado import web
+
+from .actions import ACTIONS, ActionError, refusal
+from .validation import ReportError, parse_json_report, parse_mliy_report, show
+
+log = logging.getLogger("mliy.service")
+
+
+class APIError(web.HTTPError):
+    """An error answered as ``{"status": <code>, "message": <message>}``."""
+
+    def __init__(self, status, message, headers=None):
+        # "%s" keeps tornado from %-formatting a message that holds user input
+        super().__init__(status, "%s", message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BaseHandler(web.RequestHandler):
+    """JSON errors, quiet logs (path only, never the query or headers), token auth."""
+
+    def initialize(self, context):
+        self.context = context
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_json(self, status, payload):
+        self.set_status(status)
+        self.finish(json.dumps(payload))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, APIError):
+            message = exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif status_code == 405:
+            message = f"method {self.request.method} is not allowed here"
+            allowed = [m for m in ("GET", "POST") if self._implements(m)]
+            self.set_header("Allow", ", ".join(allowed))
+        else:
+            message = self._reason
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def _implements(self, method):
+        own = getattr(type(self), method.lower(), None)
+        return own is not None and own is not getattr(web.RequestHandler, method.lower())
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, web.HTTPError):
+            message = value.message if isinstance(value, APIError) else (value.log_message or "")
+            log.info(
+                "%s %s -> %d %s", self.request.method, self.request.path, value.status_code, message
+            )
+        else:
+            log.error(
+                "%s %s failed", self.request.method, self.request.path, exc_info=(typ, value, tb)
+            )
+
+    async def blocking(self, fn, *args):
+        """Run a blocking call (the store) on the default thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args))
+
+    async def authenticate(self):
+        """The hub's model of the token's owner; 401 without a token the hub knows."""
+        hub_auth = self.context.hub_auth
+        token = hub_auth.get_token(self, in_cookie=False)
+        if not token:
+            raise APIError(
+                401,
+                "no token: send the header 'Authorization: token <API token>'",
+                headers={"WWW-Authenticate": "token"},
+            )
+        model = await hub_auth.user_for_token(token, sync=False)
+        if not model:
+            raise APIError(
+                401,
+                "the hub does not recognise this token (expired, revoked or mistyped)",
+                headers={"WWW-Authenticate": "token"},
+            )
+        return model
+
+    async def instance(self, instance_id, status_if_unknown):
+        record = await self.blocking(self.context.store.owner, instance_id)
+        if record is None:
+            raise APIError(
+                status_if_unknown,
+                f"instance {show(instance_id)} is unknown: no server of this hub runs on it",
+            )
+        return record
+
+
+class ProgressHandler(BaseHandler):
+    """Progress ingest, JSON form: ``POST api/progress/<instance-id>``."""
+
+    async def post(self, instance_id):
+        record = await self.authorize(instance_id)
+        try:
+            report = parse_json_report(self.request.body)
+        except ReportError as e:
+            raise APIError(400, str(e)) from None
+        await self.save(record, report)
+
+    async def authorize(self, instance_id):
+        """Only the server's owner may report, at most ``rate`` per second per instance."""
+        model = await self.authenticate()
+        record = await self.instance(instance_id, 400)
+        if model.get("kind", "user") != "user" or model.get("name") != record.user:
+            who = f"{model.get('kind', 'user')} {model.get('name')!r}"
+            raise APIError(
+                403,
+                f"the token of {who} may not report progress for instance "
+                f"{show(instance_id)}: only its owner's tokens may",
+            )
+        wait = self.context.limiter.allow(instance_id)
+        if wait:
+            raise APIError(
+                429,
+                f"too many progress reports for instance {show(instance_id)}; at most "
+                f"{self.context.limiter.rate:g} per second",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        return record
+
+    async def save(self, record, report):
+        saved = await self.blocking(
+            self.context.store.add_progress,
+            record.instance_id,
+            report.step,
+            report.percent,
+            report.failed,
+        )
+        log.info(
+            "progress of %s (%s): %d%% %r%s",
+            record.instance_id,
+            record.user,
+            saved.percent,
+            saved.step,
+            " FAILED" if saved.failed else "",
+        )
+        self.write_json(
+            200,
+            {
+                "status": 200,
+                "id": saved.id,
+                "instance_id": saved.instance_id,
+                "step": saved.step,
+                "percent": saved.percent,
+                "failed": saved.failed,
+            },
+        )
+
+
+class MLiyProgressHandler(ProgressHandler):
+    """Progress ingest, MLiy's form: ``GET|POST ajax/progress/<instance-id>/<step>(<percent>)``.
+
+    MLiy's scripts called it with curl's GET; the step arrives URL-decoded.
+    ``?failed=true`` marks a failed step.
+    """
+
+    async def get(self, instance_id, tail):
+        record = await self.authorize(instance_id)
+        try:
+            report = parse_mliy_report(tail, self.get_query_argument("failed", None))
+        except ReportError as e:
+            raise APIError(400, str(e)) from None
+        await self.save(record, report)
+
+    async def post(self, instance_id, tail):
+        await self.get(instance_id, tail)
+
+
+class InstanceActionHandler(BaseHandler):
+    """Instance control: ``POST api/instances/<instance-id>/<start|stop|restart|terminate>``."""
+
+    async def post(self, instance_id, action):
+        model = await self.authenticate()
+        if action not in ACTIONS:
+            raise APIError(400, f"action {show(action)} is unknown; one of {', '.join(ACTIONS)}")
+        record = await self.instance(instance_id, 404)
+        reason = refusal(model, record, action)
+        if reason:
+            raise APIError(403, reason)
+        log.info(
+            "%s of instance %s (%s/%s) requested by %s",
+            action,
+            record.instance_id,
+            record.user,
+            record.server_name,
+            model.get("name"),
+        )
+        try:
+            result = await self.context.actions.run(record, action)
+        except ActionError as e:
+            raise APIError(e.status, e.message) from None
+        self.write_json(
+            result.http_status,
+            {
+                "status": result.http_status,
+                "instance_id": record.instance_id,
+                "user": record.user,
+                "server_name": record.server_name,
+                "action": action,
+                "state": result.status,
+            },
+        )
+
+
+class NotFoundHandler(BaseHandler):
+    """Any other path under the service's prefix: a JSON 404."""
+
+    def prepare(self):
+        raise APIError(404, f"no such endpoint: {show(self.request.path)}")

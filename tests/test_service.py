@@ -1,0 +1,667 @@
+"""The ``mliy`` service: pure checks, then a real hub process on loopback (``servicehub``).
+
+Bad tokens: a token the hub does not recognise answers 401 like a missing one (the
+request is not authenticated); a valid token of the wrong user answers 403.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import boto3
+import pytest
+from fakespawner import REGION, hold_path, instance_id_for
+from moto.server import ThreadedMotoServer
+from servicehub import free_port, start_hub
+
+from mliy_spawner.service import SERVICE_SCOPES, configure_service
+from mliy_spawner.service.actions import refusal
+from mliy_spawner.service.app import Settings, parse_log_levels
+from mliy_spawner.service.ratelimit import RateLimiter
+from mliy_spawner.service.validation import ReportError, parse_json_report, parse_mliy_report
+from mliy_spawner.store import InstanceRecord, Store
+
+# ---- bad progress values: (id, JSON body bytes, words the 400 message must hold) ----------
+
+_OK = {"step": "Installing packages", "percent": 40}
+
+
+def _body(**change):
+    data = dict(_OK, **change)
+    return json.dumps({k: v for k, v in data.items() if v is not _MISSING}).encode()
+
+
+_MISSING = object()
+
+BAD_JSON = [
+    ("percent-101", _body(percent=101), ["percent", "101", "0 to 100"]),
+    ("percent-negative", _body(percent=-1), ["percent", "-1", "0 to 100"]),
+    ("percent-bool", _body(percent=True), ["percent", "True", "integer"]),
+    ("percent-float", _body(percent=50.0), ["percent", "50.0", "integer"]),
+    ("percent-string", _body(percent="50"), ["percent", "'50'", "integer"]),
+    ("percent-null", _body(percent=None), ["percent", "None"]),
+    ("percent-missing", _body(percent=_MISSING), ["percent", "missing"]),
+    ("step-missing", _body(step=_MISSING), ["step", "missing"]),
+    ("step-empty", _body(step=""), ["step", "non-empty"]),
+    ("step-blank", _body(step="   "), ["step", "non-empty"]),
+    ("step-201-chars", _body(step="x" * 201), ["step", "201 characters", "at most 200"]),
+    ("step-newline", _body(step="done\nrm -rf /"), ["step", "'\\n'", "printable"]),
+    ("step-carriage-return", _body(step="ok\r"), ["step", "printable"]),
+    ("step-nul", _body(step="a\x00b"), ["step", "printable"]),
+    ("step-escape-sequence", _body(step="\x1b[31mred"), ["step", "printable"]),
+    ("step-bidi-override", _body(step="abc\u202edef"), ["step", "printable"]),
+    ("step-line-separator", _body(step="a\u2028b"), ["step", "printable"]),
+    ("step-lone-surrogate", b'{"step": "a\\ud800b", "percent": 5}', ["step", "printable"]),
+    ("step-number", _body(step=5), ["step", "5", "a string"]),
+    ("step-list", _body(step=["a"]), ["step", "a string"]),
+    ("failed-string", _body(failed="yes"), ["failed", "'yes'", "true or false"]),
+    ("failed-int", _body(failed=1), ["failed", "1", "true or false"]),
+    ("unexpected-field", _body(token="x"), ["unexpected", "'token'", "step, percent, failed"]),
+    ("body-array", b'[{"step": "a", "percent": 1}]', ["body", "object"]),
+    ("body-not-json", b"step=a&percent=1", ["body", "not JSON"]),
+    ("body-empty", b"", ["body", "not JSON"]),
+    ("body-not-utf8", b'{"step": "\xff", "percent": 1}', ["body", "UTF-8"]),
+]
+
+# MLiy's URL form: (id, path tail as sent (already URL-encoded), query, message words)
+BAD_MLIY = [
+    ("no-percent", "Installing%20packages", "", ["does not end in (<percent>)"]),
+    ("percent-101", "Installing(101)", "", ["percent", "101", "0 to 100"]),
+    ("percent-negative", "Installing(-1)", "", ["percent", "'-1'"]),
+    ("percent-word", "Installing(half)", "", ["percent", "'half'"]),
+    ("percent-empty", "Installing()", "", ["percent", "''"]),
+    ("percent-float", "Installing(5.5)", "", ["percent", "'5.5'"]),
+    ("step-empty", "(50)", "", ["step", "non-empty"]),
+    ("step-newline", "a%0Ab(10)", "", ["step", "printable"]),
+    ("step-201-chars", "x" * 201 + "(10)", "", ["step", "at most 200"]),
+    ("failed-maybe", "Installing(10)", "?failed=maybe", ["failed", "'maybe'"]),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON])
+def test_parse_json_report_refuses(body, words):
+    with pytest.raises(ReportError) as info:
+        parse_json_report(body)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_parse_json_report_accepts_edges():
+    assert parse_json_report(_body(percent=0)).percent == 0
+    report = parse_json_report(_body(step="é" * 200, percent=100, failed=True))
+    assert (report.step, report.percent, report.failed) == ("é" * 200, 100, True)
+    assert parse_json_report(_body(step="<script>alert(1)</script>")).step.startswith("<script>")
+
+
+@pytest.mark.parametrize(
+    ("tail", "failed", "expected"),
+    [
+        ("Installing packages(40)", None, ("Installing packages", 40, False)),
+        ("pip (wheel) install(0)", None, ("pip (wheel) install", 0, False)),
+        ("Done(100)", "true", ("Done", 100, True)),
+        ("Done(100)", "0", ("Done", 100, False)),
+    ],
+    ids=["spaces", "parens-in-step", "failed-true", "failed-0"],
+)
+def test_parse_mliy_report(tail, failed, expected):
+    report = parse_mliy_report(tail, failed)
+    assert (report.step, report.percent, report.failed) == expected
+
+
+def test_rate_limiter_bursts_then_refills():
+    now = [100.0]
+    limiter = RateLimiter(rate=10, burst=3, clock=lambda: now[0])
+    assert [limiter.allow("i-1") for _ in range(3)] == [0, 0, 0]
+    assert limiter.allow("i-1") == pytest.approx(0.1)
+    assert limiter.allow("i-2") == 0  # other keys have their own bucket
+    now[0] += 0.1
+    assert limiter.allow("i-1") == 0
+    assert limiter.allow("i-1") > 0
+    now[0] += 10
+    assert [limiter.allow("i-1") for _ in range(4)][:3] == [0, 0, 0]
+
+
+def test_rate_limiter_drops_idle_keys():
+    now = [0.0]
+    limiter = RateLimiter(rate=1, burst=1, clock=lambda: now[0], max_keys=2)
+    for key in ("a", "b"):
+        limiter.allow(key)
+    now[0] += 5
+    limiter.allow("c")
+    assert set(limiter._buckets) == {"c"}
+
+
+_RECORD = InstanceRecord("i-1", "alice", "gpu", "stack", REGION, None, None)
+_ALICE_SCOPES = ["servers!user=alice", "start:servers!user=alice", "delete:servers!user=alice"]
+
+
+@pytest.mark.parametrize(
+    ("model", "action", "refused_with"),
+    [
+        ({"kind": "user", "name": "alice", "scopes": _ALICE_SCOPES}, "stop", None),
+        (
+            {"kind": "user", "name": "alice", "scopes": ["start:servers!server=alice/gpu"]},
+            "start",
+            None,
+        ),
+        (
+            {"kind": "user", "name": "alice", "scopes": ["start:servers!server=alice/gpu"]},
+            "stop",
+            "'delete:servers'",
+        ),
+        (
+            {"kind": "user", "name": "alice", "scopes": ["access:servers!server=alice/gpu"]},
+            "start",
+            "'start:servers'",
+        ),
+        ({"kind": "user", "name": "bob", "scopes": ["servers!user=bob"]}, "stop", "another user"),
+        (
+            {"kind": "user", "name": "root", "admin": True, "scopes": ["admin:servers", "servers"]}
+            | {"scopes": ["start:servers", "delete:servers"]},
+            "terminate",
+            None,
+        ),
+        (
+            {"kind": "user", "name": "root", "admin": True, "scopes": ["read:users:name"]},
+            "stop",
+            "lacks the scope",
+        ),
+        ({"kind": "service", "name": "cull", "scopes": ["servers"]}, "stop", "only users"),
+    ],
+    ids=[
+        "owner",
+        "owner-start-only-token-starts",
+        "owner-start-only-token-cannot-stop",
+        "owner-server-token",
+        "other-user",
+        "admin",
+        "admin-restricted-token",
+        "service-token",
+    ],
+)
+def test_refusal(model, action, refused_with):
+    reason = refusal(model, _RECORD, action)
+    if refused_with is None:
+        assert reason is None
+    else:
+        assert refused_with in reason
+
+
+def _config():
+    from traitlets.config import Config
+
+    return Config()
+
+
+def test_configure_service_adds_service_and_role(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-from-hub-env")
+    c = _config()
+    c.JupyterHub.db_url = f"sqlite:///{tmp_path}/hub/jupyterhub.sqlite"
+    service = configure_service(c, port=18123, log_dir="logs", log_levels={"aws": "DEBUG"})
+    assert c.JupyterHub.services == [service]
+    assert service["name"] == "mliy"
+    assert service["url"] == "http://127.0.0.1:18123"
+    assert service["command"][1:] == ["-m", "mliy_spawner.service"]
+    env = service["environment"]
+    assert env["MLIY_STORE_URL"] == f"sqlite:///{tmp_path}/hub/mliy.sqlite"
+    assert env["MLIY_LOG_LEVELS"] == "aws=DEBUG"
+    assert Path(env["MLIY_LOG_DIR"]).is_absolute()
+    # the secret is read from the hub's environment when the service starts, not stored
+    assert "s3cr3t" not in repr(c)
+    assert env["AWS_SECRET_ACCESS_KEY"](None) == "s3cr3t-from-hub-env"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated")
+    assert env["AWS_SECRET_ACCESS_KEY"](None) == "rotated"
+    (role,) = c.JupyterHub.load_roles
+    assert role["services"] == ["mliy"]
+    assert role["scopes"] == SERVICE_SCOPES
+
+
+def test_configure_service_joins_existing_role_and_refuses_duplicates():
+    c = _config()
+    c.JupyterHub.load_roles = [{"name": "mliy-service", "scopes": ["servers"], "services": ["x"]}]
+    configure_service(c, port=18124, store_url="postgresql://db/mliy")
+    assert c.JupyterHub.load_roles[0]["services"] == ["mliy", "x"]
+    assert c.JupyterHub.services[0]["environment"]["MLIY_STORE_URL"] == "postgresql://db/mliy"
+    with pytest.raises(ValueError, match="already has a service named 'mliy'"):
+        configure_service(c, port=18125)
+
+
+def test_configure_service_keeps_a_store_password_out_of_the_config():
+    c = _config()
+    url = "postgresql://mliy:pa55word@db.example.com/mliy"
+    service = configure_service(c, port=18127, store_url=url)
+    assert "pa55word" not in repr(c)
+    assert service["environment"]["MLIY_STORE_URL"](None) == url
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 0}, "port is 0"),
+        ({"port": "8080"}, "port is '8080'"),
+        ({"port": True}, "port is True"),
+        ({"log_levels": {"web": "INFO"}}, "unknown logger 'web'"),
+        ({"log_levels": {"aws": "LOUD"}}, "'LOUD'"),
+    ],
+    ids=["port-zero", "port-string", "port-bool", "unknown-logger", "unknown-level"],
+)
+def test_configure_service_refuses_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        configure_service(_config(), **kwargs)
+
+
+def test_settings_from_env_names_missing_variables():
+    with pytest.raises(ValueError, match="JUPYTERHUB_API_TOKEN"):
+        Settings.from_env(
+            {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1", "JUPYTERHUB_API_URL": "x"}
+        )
+    env = {
+        "JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:18126",
+        "JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api",
+        "JUPYTERHUB_API_TOKEN": "tok-should-not-show",
+        "MLIY_PROGRESS_RATE": "fast",
+    }
+    with pytest.raises(ValueError, match="MLIY_PROGRESS_RATE='fast'"):
+        Settings.from_env(env)
+    env["MLIY_PROGRESS_RATE"] = "5"
+    settings = Settings.from_env(env)
+    assert settings.listen == ("127.0.0.1", 18126)
+    assert settings.progress_rate == 5
+    assert "tok-should-not-show" not in repr(settings)
+    assert parse_log_levels("service=DEBUG, aws=info") == {"service": "DEBUG", "aws": "info"}
+    with pytest.raises(ValueError, match="'service'"):
+        parse_log_levels("service")
+
+
+# ---- against a real hub ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, moto_url):
+    hub = start_hub(
+        tmp_path_factory.mktemp("servicehub"), aws_endpoint_url=moto_url, hub_env=AWS_ENV
+    )
+    hub.tokens = []  # every token a test used, to check the logs never show them
+    hub.user_tokens = {}  # user -> a token, for tests that need just one
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def store(hub):
+    s = Store(hub.store_url)
+    yield s
+    s.close()
+
+
+def _user(hub, name, admin=False):
+    hub.create_user(name, admin=admin)
+    token = hub.user_token(name)
+    hub.tokens.append(token)
+    return token
+
+
+def _server(hub, user, server_name=""):
+    """Spawn a server unless it runs; its instance id and the API token the hub gave it."""
+    if not _running(hub, user, server_name):
+        hub.spawn(user, server_name)
+    instance_id = instance_id_for(user, server_name)
+    token = hub.server_token(instance_id)
+    hub.tokens.append(token)
+    return instance_id, token
+
+
+def _recorded_instance(hub, store, user, server_name):
+    """A user token and an instance recorded for the user's server (not spawned)."""
+    if user not in hub.user_tokens:
+        hub.user_tokens[user] = _user(hub, user)
+    instance_id = instance_id_for(user, server_name)
+    store.record_instance(instance_id, user, server_name, "", REGION)
+    return hub.user_tokens[user], instance_id
+
+
+def _report(hub, instance_id, token, body):
+    return hub.service(
+        "POST",
+        f"api/progress/{instance_id}",
+        token=token,
+        data=body if isinstance(body, bytes) else json.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def test_server_token_reports_progress_for_its_instance(hub, store):
+    _user(hub, "ann")
+    instance_id, token = _server(hub, "ann")
+    store.clear_progress(instance_id)
+    steps = [
+        {"step": "Mounting volume", "percent": 10},
+        {"step": "Creating user <ann>", "percent": 20, "failed": False},
+        {"step": "Installing packages", "percent": 40, "failed": True},
+    ]
+    for body in steps:
+        r = _report(hub, instance_id, token, body)
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].startswith("application/json")
+    got = store.progress(instance_id)
+    assert [(p.step, p.percent, p.failed) for p in got] == [
+        ("Mounting volume", 10, False),
+        ("Creating user <ann>", 20, False),
+        ("Installing packages", 40, True),
+    ]
+    assert r.json()["id"] == got[-1].id
+
+
+def test_mliy_form_url_works(hub, store):
+    _user(hub, "mlu")
+    instance_id, token = _server(hub, "mlu")
+    step = "Installing R packages (CRAN) 2/3"
+    r = hub.service("GET", f"ajax/progress/{instance_id}/{quote(step, safe='')}(55)", token=token)
+    assert r.status_code == 200, r.text
+    r = hub.service("POST", f"ajax/progress/{instance_id}/Starting%20server(90)", token=token)
+    assert r.status_code == 200, r.text
+    r = hub.service("GET", f"ajax/progress/{instance_id}/Boot%20failed(90)?failed=1", token=token)
+    assert r.status_code == 200, r.text
+    assert [(p.step, p.percent, p.failed) for p in store.progress(instance_id)] == [
+        (step, 55, False),
+        ("Starting server", 90, False),
+        ("Boot failed", 90, True),
+    ]
+
+
+def test_other_users_token_is_refused(hub, store):
+    _user(hub, "owen")
+    instance_id, _ = _server(hub, "owen")
+    other = _user(hub, "eve")
+    admin = _user(hub, "root1", admin=True)
+    before = store.progress(instance_id)
+    for token in (other, admin):
+        r = _report(hub, instance_id, token, {"step": "pwned", "percent": 100})
+        assert r.status_code == 403, r.text
+        assert "only its owner" in r.json()["message"]
+    r = _report(hub, instance_id, hub.admin_token, {"step": "pwned", "percent": 100})
+    assert r.status_code == 403
+    assert "service 'test-admin'" in r.json()["message"]
+    assert store.progress(instance_id) == before
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "no token"),
+        ({"Authorization": "token not-a-real-token"}, "does not recognise"),
+        ({"Authorization": "Basic YWxpY2U6cGFzcw=="}, "no token"),
+        ({"Authorization": "token "}, "no token"),
+    ],
+    ids=["no-token", "unknown-token", "basic-auth", "empty-token"],
+)
+def test_unauthenticated_progress_is_401(hub, store, headers, message):
+    _user(hub, "nat")
+    instance_id, _ = _server(hub, "nat")
+    before = store.progress(instance_id)
+    r = hub.service(
+        "POST", f"api/progress/{instance_id}", json={"step": "x", "percent": 1}, headers=headers
+    )
+    assert r.status_code == 401, r.text
+    assert message in r.json()["message"]
+    assert r.headers["WWW-Authenticate"] == "token"
+    assert store.progress(instance_id) == before
+
+
+def test_token_in_url_is_not_accepted(hub):
+    _user(hub, "urly")
+    instance_id, token = _server(hub, "urly")
+    r = hub.service(
+        "POST", f"api/progress/{instance_id}?token={token}", json={"step": "x", "percent": 1}
+    )
+    assert r.status_code == 401
+
+
+def test_unknown_instance_is_400(hub):
+    token = _user(hub, "una")
+    for instance_id in ("i-0000000000000000", "<script>", "i-" + "0" * 300, "a b"):
+        r = _report(hub, quote(instance_id, safe=""), token, {"step": "x", "percent": 1})
+        assert r.status_code == 400, r.text
+        assert "is unknown" in r.json()["message"]
+
+
+@pytest.mark.parametrize(("body", "words"), [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON])
+def test_bad_json_report_is_400(hub, store, body, words, request):
+    # an instance per case: refused reports count against the rate limit too
+    token, instance_id = _recorded_instance(hub, store, "val", request.node.callspec.id)
+    before = store.progress(instance_id)
+    r = _report(hub, instance_id, token, body)
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    for word in words:
+        assert word in message
+    assert store.progress(instance_id) == before
+
+
+@pytest.mark.parametrize(
+    ("tail", "query", "words"), [c[1:] for c in BAD_MLIY], ids=[c[0] for c in BAD_MLIY]
+)
+def test_bad_mliy_report_is_400(hub, store, tail, query, words, request):
+    token, instance_id = _recorded_instance(hub, store, "val", "mliy-" + request.node.callspec.id)
+    before = store.progress(instance_id)
+    r = hub.service("GET", f"ajax/progress/{instance_id}/{tail}{query}", token=token)
+    assert r.status_code == 400, r.text
+    for word in words:
+        assert word in r.json()["message"]
+    assert store.progress(instance_id) == before
+
+
+def _running(hub, user, server_name=""):
+    model = hub.server_model(user, server_name)
+    return bool(model and model.get("ready"))
+
+
+def test_rate_limit_answers_429(hub, store):
+    _user(hub, "rat")
+    instance_id, token = _server(hub, "rat")
+    codes = []
+    started = time.monotonic()
+    for i in range(40):
+        codes.append(_report(hub, instance_id, token, {"step": f"s{i}", "percent": 1}).status_code)
+    elapsed = time.monotonic() - started
+    assert set(codes) == {200, 429}
+    # burst of 20, refilled at 10/s
+    assert codes.count(200) <= 20 + 10 * elapsed + 1
+    assert codes[:20] == [200] * 20
+    assert len(store.progress(instance_id)) == codes.count(200)
+    r = _report(hub, instance_id, token, {"step": "again", "percent": 1})
+    if r.status_code == 429:
+        assert int(r.headers["Retry-After"]) >= 1
+        assert "at most 10 per second" in r.json()["message"]
+    time.sleep(0.3)
+    assert _report(hub, instance_id, token, {"step": "later", "percent": 2}).status_code == 200
+
+
+def test_state_changes_only_by_post(hub):
+    token = _user(hub, "gus")
+    instance_id, _ = _server(hub, "gus")
+    r = hub.service("GET", f"api/instances/{instance_id}/stop", token=token)
+    assert r.status_code == 405
+    assert "POST" in r.headers["Allow"]
+    assert _running(hub, "gus")
+    r = hub.service("GET", f"api/progress/{instance_id}", token=token)
+    assert r.status_code == 405
+    r = hub.service("GET", "no/such/thing", token=token)
+    assert r.status_code == 404
+
+
+# ---- instance control ------------------------------------------------------------------
+
+
+def _control(hub, instance_id, action, token):
+    return hub.service("POST", f"api/instances/{instance_id}/{action}", token=token)
+
+
+def _started(hub, user, server_name=""):
+    return hub.server_model(user, server_name)["started"]
+
+
+def test_owner_controls_named_server(hub, store):
+    token = _user(hub, "olga")
+    instance_id, _ = _server(hub, "olga", "work")
+
+    r = _control(hub, instance_id, "stop", token)
+    assert r.status_code in (200, 202), r.text
+    assert r.json()["action"] == "stop"
+    hub.wait_stopped("olga", "work")
+
+    r = _control(hub, instance_id, "start", token)
+    assert r.status_code in (200, 202), r.text
+    hub.wait_ready("olga", "work")
+
+    r = _control(hub, instance_id, "start", token)
+    assert r.status_code == 409
+    assert "already running" in r.json()["message"]
+
+    first_start = _started(hub, "olga", "work")
+    r = _control(hub, instance_id, "restart", token)
+    assert r.status_code in (200, 202), r.text
+    hub.wait_ready("olga", "work")
+    assert _started(hub, "olga", "work") != first_start
+
+    r = _control(hub, instance_id, "terminate", token)
+    assert r.status_code == 202, r.text
+    assert r.json()["state"] == "terminating"
+    hub.wait_for(lambda: hub.server_model("olga", "work") is None, "named server removed")
+    assert store.owner(instance_id) is None
+    r = _control(hub, instance_id, "start", token)
+    assert r.status_code == 404
+
+
+def test_admin_controls_another_users_server(hub):
+    _user(hub, "pia")
+    admin = _user(hub, "root2", admin=True)
+    instance_id, _ = _server(hub, "pia", "lab")
+    r = _control(hub, instance_id, "stop", admin)
+    assert r.status_code in (200, 202), r.text
+    hub.wait_stopped("pia", "lab")
+    r = _control(hub, instance_id, "start", admin)
+    assert r.status_code in (200, 202), r.text
+    hub.wait_ready("pia", "lab")
+
+
+@pytest.mark.parametrize("action", ["start", "stop", "restart", "terminate"])
+def test_other_user_cannot_control(hub, store, action):
+    _user(hub, "quin")
+    mallory = _user(hub, "mallory")
+    instance_id, _ = _server(hub, "quin", "box")
+    first_start = _started(hub, "quin", "box")
+    r = _control(hub, instance_id, action, mallory)
+    assert r.status_code == 403, r.text
+    assert "another user" in r.json()["message"]
+    assert _running(hub, "quin", "box")
+    assert _started(hub, "quin", "box") == first_start
+    assert store.owner(instance_id) is not None
+
+
+def test_restricted_tokens_cannot_control(hub):
+    """The server's own token (and an admin's read-only token) lack the hub scopes."""
+    _user(hub, "rita")
+    instance_id, server_token = _server(hub, "rita", "nb")
+    read_only_admin = hub.user_token(_user(hub, "root3", admin=True) and "root3", ["read:users"])
+    hub.tokens.append(read_only_admin)
+    for token in (server_token, read_only_admin):
+        r = _control(hub, instance_id, "stop", token)
+        assert r.status_code == 403, r.text
+        assert "lacks the scope 'delete:servers'" in r.json()["message"]
+    assert _running(hub, "rita", "nb")
+
+
+def test_control_errors(hub):
+    token = _user(hub, "sam")
+    instance_id, _ = _server(hub, "sam")
+    r = _control(hub, "i-0ffffffffffffffff", "stop", token)
+    assert r.status_code == 404
+    assert "is unknown" in r.json()["message"]
+    r = _control(hub, instance_id, "reboot", token)
+    assert r.status_code == 400
+    assert "'reboot'" in r.json()["message"]
+    assert "start, stop, restart, terminate" in r.json()["message"]
+    r = hub.service("POST", f"api/instances/{instance_id}/stop")
+    assert r.status_code == 401
+
+
+def test_pending_server_is_409(hub):
+    token = _user(hub, "tess")
+    hold = hold_path(hub.hold_dir, "tess", "slow")
+    hold.touch()
+    try:
+        hub.spawn("tess", "slow", wait=False)
+        instance_id = instance_id_for("tess", "slow")
+        hub.wait_for(lambda: Path(hub.instance_dir, f"{instance_id}.token").exists(), "record")
+        for action in ("start", "stop", "restart", "terminate"):
+            r = _control(hub, instance_id, action, token)
+            assert r.status_code == 409, r.text
+            assert "pending spawn" in r.json()["message"]
+    finally:
+        hold.unlink()
+    hub.wait_ready("tess", "slow")
+
+
+def test_terminate_default_server_deletes_its_stack(hub, store, moto_url):
+    token = _user(hub, "uma")
+    instance_id, _ = _server(hub, "uma")
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=moto_url, **_creds())
+    stack_id = cfn.create_stack(
+        StackName="mliy-uma",
+        TemplateBody=json.dumps(
+            {
+                "Resources": {
+                    "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.1.0.0/16"}}
+                }
+            }
+        ),
+    )["StackId"]
+    store.record_instance(instance_id, "uma", "", stack_id, REGION)
+
+    r = _control(hub, instance_id, "terminate", token)
+    assert r.status_code == 202, r.text
+    assert not _running(hub, "uma")
+    (stack,) = cfn.describe_stacks(StackName=stack_id)["Stacks"]
+    assert stack["StackStatus"] == "DELETE_COMPLETE"
+    assert store.owner(instance_id) is None
+    # the default server itself stays (it cannot be removed); only stopped
+    assert hub.server_model("uma") is not None
+
+
+def _creds():
+    return {
+        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    }
+
+
+def test_logs_never_show_tokens(hub):
+    """Runs last in this module: every token used above, searched in every log."""
+    assert len(hub.tokens) > 10
+    service_log = hub.log_dir / "service.log"
+    assert "progress of" in service_log.read_text()
+    texts = {p.name: p.read_text(errors="replace") for p in hub.log_dir.iterdir()}
+    texts["jupyterhub.log (includes the service's stderr)"] = hub.hub_log_text()
+    for token in [*hub.tokens, hub.admin_token]:
+        for name, text in texts.items():
+            assert token not in text, f"a token appears in {name}"
