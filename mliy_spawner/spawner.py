@@ -26,9 +26,22 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import maybe_future
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from traitlets import Any, Callable, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import (
+    Any,
+    Callable,
+    Dict,
+    Enum,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    observe,
+    validate,
+)  # fmt: skip
 
-from . import aws, configs, stacks, userdata
+from . import aws, configs, form, pricing, stacks, userdata
 from .reflector import Reflector, shared_reflector
 
 STATE_VERSION = 1
@@ -292,6 +305,48 @@ class MLiySpawner(Spawner):
     def _default_apply_user_options(self):
         return type(self)._apply_user_options
 
+    # ---- the options form ------------------------------------------------------------
+
+    pricing_file = Unicode(
+        "",
+        help="""ec2instances.info `instances.json` for the prices in the options form.
+        Default: the shipped pricing/instances.json. The file is re-read when it changes
+        (replace it with `mliy-pricing refresh SOURCE`), no restart needed.""",
+    ).tag(config=True)
+
+    form_template_paths = List(
+        Unicode(),
+        [],
+        help="""Folders searched for `form.html` before the shipped template, so admins
+        can restyle the options form. Values are escaped; only configuration
+        descriptions are inserted as HTML.""",
+    ).tag(config=True)
+
+    @default("options_form")
+    def _default_options_form(self):
+        return type(self)._render_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return form.options_from_form
+
+    def options_from_query(self, query_data):
+        return form.options_from_query(query_data)
+
+    @staticmethod
+    def _render_options_form(spawner):
+        catalog = pricing.get_catalog(spawner.pricing_file or None)
+        saved = spawner.user_options or spawner.launch_options or {}
+        return form.render_form(
+            user_name=spawner.user.name,
+            available_groups=spawner.available_groups(),
+            configs=spawner.parsed_configs,
+            catalog=catalog,
+            region=spawner.region,
+            saved_options=saved,
+            template_paths=spawner.form_template_paths,
+        )
+
     # ---- state ---------------------------------------------------------------------
 
     # the stack's ARN: a deleted stack can only be described by id, not by name
@@ -346,14 +401,36 @@ class MLiySpawner(Spawner):
 
     # ---- options ---------------------------------------------------------------------
 
+    _parsed = None
+
+    @observe("software_configs", "launch_groups")
+    def _forget_parsed_configs(self, change):
+        self._parsed = None
+
+    def _parse(self):
+        if self._parsed is None:
+            parsed = configs.parse_software_configs(self.software_configs)
+            self._parsed = parsed, configs.parse_launch_groups(self.launch_groups, parsed)
+        return self._parsed
+
     @property
     def parsed_configs(self):
-        return configs.parse_software_configs(self.software_configs)
+        """``{slug: SoftwareConfig}`` from software_configs."""
+        return self._parse()[0]
+
+    @property
+    def parsed_groups(self):
+        """``{group name: LaunchGroup}`` from launch_groups."""
+        return self._parse()[1]
+
+    def _user_group_names(self):
+        return [g.name for g in getattr(self.user, "groups", None) or []]
 
     def available_groups(self):
-        groups = configs.parse_launch_groups(self.launch_groups, self.parsed_configs)
-        names = [g.name for g in getattr(self.user, "groups", None) or []]
-        return configs.groups_for_user(groups, names, self.default_launch_group)
+        """The launch groups this spawner's user may use, in configuration order."""
+        return configs.groups_for_user(
+            self.parsed_groups, self._user_group_names(), self.default_launch_group
+        )
 
     def resolve_launch(self, user_options):
         """Check user options; return a LaunchChoice or raise HTTP 400 naming the field.
@@ -374,10 +451,13 @@ class MLiySpawner(Spawner):
                         "the server first",
                     )
             options = {**self.launch_options, **options}
-        try:
-            return configs.resolve_options(options, self.available_groups(), self.parsed_configs)
-        except configs.OptionsError as e:
-            raise web.HTTPError(400, str(e)) from None
+        return form.apply_options(
+            self, options,
+            groups=self.parsed_groups,
+            configs=self.parsed_configs,
+            default_group=self.default_launch_group,
+            user_group_names=self._user_group_names(),
+        )  # fmt: skip
 
     @staticmethod
     def _apply_user_options(spawner, user_options):
@@ -799,7 +879,6 @@ class MLiySpawner(Spawner):
         Call it at the end of jupyterhub_config.py: ``MLiySpawner.check_config(c)``.
         """
         spawner = cls(config=config)
-        groups = configs.parse_launch_groups(spawner.launch_groups, spawner.parsed_configs)
-        if not groups:
+        if not spawner.parsed_groups:
             raise TraitError("MLiySpawner.launch_groups: define at least one launch group")
         return spawner

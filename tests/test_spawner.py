@@ -279,3 +279,50 @@ async def test_cancel_while_creating_stack_deletes_it(aws_env, make_spawner):
     statuses = [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]]
     assert statuses == ["DELETE_COMPLETE"]
     assert spawner.stack_id is None
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"launch_group": "students", "software_config": "python"}, "software_config"),
+        ({"launch_group": "admins"}, "launch_group"),
+        ({"instance_type": "m4.xlarge"}, "instance_type"),
+        ({"volume_size": 101}, "volume_size"),
+        ({"volume_size": "20; rm -rf /"}, "volume_size"),
+        ({"software_config": ["python"]}, "software_config"),
+        ({"image": "ami-12345678"}, "user_options"),
+    ],
+    ids=["config-not-in-group", "not-my-group", "excluded-type", "volume-too-big",
+         "volume-injection", "list-type", "unexpected-key"],
+)  # fmt: skip
+async def test_hostile_options_rejected_before_any_aws_call(aws_env, make_spawner, options, field):
+    from collections import Counter
+
+    calls = Counter()
+    for client in (aws_env.cfn, aws_env.ec2):
+        client.meta.events.register("before-call", lambda model, **kw: calls.update([model.name]))
+    spawner = make_spawner(groups=("analysts", "students"))
+    with pytest.raises(web.HTTPError) as e:
+        await start(spawner, options)
+    assert e.value.status_code == 400
+    assert e.value.log_message.startswith(f"Invalid server options: {field}:")
+    assert calls == Counter()
+
+
+async def test_options_form_lists_choices_with_prices(aws_env, make_spawner):
+    spawner = make_spawner(user="<b>mallory</b>", groups=("analysts", "students"))
+    html = await spawner.get_options_form()
+    assert "Python notebooks" in html
+    assert "$0.108" in html  # m4.large, us-east-1, from the shipped catalog
+    assert "<b>mallory</b>" not in html
+    assert 'name="launch_group"' in html
+    options = spawner.options_from_form(
+        {"launch_group": ["analysts"], "software_config:analysts": ["python"],
+         "instance_type:analysts:python": ["t2.medium"], "volume_size:analysts:python": ["25"]}
+    )  # fmt: skip
+    assert options == {
+        "launch_group": "analysts",
+        "software_config": "python",
+        "instance_type": "t2.medium",
+        "volume_size": 25,
+    }

@@ -1,0 +1,271 @@
+"""States moto cannot show by itself: slow stacks, failed stacks, AWS errors, slow AWS.
+
+moto creates stacks at once and never fails them, so these tests set the stack's state
+on moto's own backend right after CreateStack (a botocore after-call hook), as
+FACTS.md describes; every call still goes through boto3 to moto.
+"""
+
+import asyncio
+import threading
+import time
+from collections import Counter
+
+import pytest
+from botocore.stub import Stubber
+from moto.cloudformation.models import cloudformation_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+from tornado import web
+
+from mliy_spawner.aws import make_client
+from mliy_spawner.reflector import Reflector
+
+
+def moto_stack(stack_id):
+    return cloudformation_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].stacks[stack_id]
+
+
+def after_create(client, action):
+    """Run ``action(moto_stack)`` right after each CreateStack answers."""
+
+    def hook(http_response, parsed, model, **kwargs):
+        if model.name == "CreateStack" and "StackId" in parsed:
+            action(moto_stack(parsed["StackId"]))
+
+    client.meta.events.register("after-call.cloudformation.CreateStack", hook)
+
+
+def fail_stack(stack):
+    stack._add_stack_event(
+        "CREATE_IN_PROGRESS", resource_status_reason="User Initiated"
+    )  # the stack's own event
+    stack.status = "ROLLBACK_COMPLETE"
+    event_args = dict(
+        stack_id=stack.stack_id,
+        stack_name=stack.name,
+        logical_resource_id="Instance",
+        physical_resource_id=None,
+        resource_type="AWS::EC2::Instance",
+    )
+    from moto.cloudformation.models import Event
+
+    stack.events.append(
+        Event(
+            **event_args,
+            resource_status="CREATE_FAILED",
+            resource_status_reason="The requested configuration is currently not supported.",
+            resource_properties=None,
+        )
+    )
+    stack._add_stack_event(
+        "ROLLBACK_IN_PROGRESS",
+        resource_status_reason="The following resource(s) failed to create: [Instance].",
+    )
+    stack._add_stack_event("ROLLBACK_COMPLETE")
+
+
+async def begin(spawner, options=None):
+    spawner.user_options = options or {}
+    await spawner._run_apply_user_options(spawner.user_options)
+    return await spawner.start()
+
+
+async def test_failed_stack_reports_resource_reason_and_is_deleted(aws_env, make_spawner):
+    after_create(aws_env.cfn, fail_stack)
+    spawner = make_spawner()
+    with pytest.raises(web.HTTPError) as e:
+        await begin(spawner)
+    assert e.value.status_code == 500
+    assert "The requested configuration is currently not supported." in str(e.value)
+    summaries = aws_env.cfn.list_stacks()["StackSummaries"]
+    assert [s["StackStatus"] for s in summaries] == ["DELETE_COMPLETE"]
+    assert spawner.stack_id is None
+    assert await spawner.poll() == 0
+
+
+async def test_stack_in_progress_then_complete(aws_env, make_spawner):
+    held = {}
+
+    def hold(stack):
+        held["stack"] = stack
+        held["status"] = stack.status
+        stack.status = "CREATE_IN_PROGRESS"
+
+    after_create(aws_env.cfn, hold)
+    spawner = make_spawner()
+    task = asyncio.ensure_future(begin(spawner))
+    await asyncio.sleep(1.0)
+    assert not task.done(), "start() returned while the stack was still being created"
+    assert await spawner.poll() is None  # pending counts as running
+    held["stack"].status = "CREATE_COMPLETE"
+    ip, port = await asyncio.wait_for(task, 10)
+    assert ip.startswith("10.") and port == 8888
+    messages = [e["message"] for e in spawner._events]
+    assert messages[0].startswith("Creating stack")
+    assert any("running" in m for m in messages)
+
+
+async def test_cancel_while_waiting_deletes_stack_and_reraises(aws_env, make_spawner):
+    after_create(aws_env.cfn, lambda stack: setattr(stack, "status", "CREATE_IN_PROGRESS"))
+    spawner = make_spawner()
+    task = asyncio.ensure_future(begin(spawner))
+    await asyncio.sleep(0.8)
+    assert spawner.stack_id
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]] == [
+        "DELETE_COMPLETE"
+    ]
+    assert spawner.stack_id is None
+
+
+async def test_start_timeout_deletes_stack(aws_env, make_spawner):
+    after_create(aws_env.cfn, lambda stack: setattr(stack, "status", "CREATE_IN_PROGRESS"))
+    spawner = make_spawner(start_timeout=1)
+    with pytest.raises(TimeoutError):
+        await begin(spawner)
+    assert [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]] == [
+        "DELETE_COMPLETE"
+    ]
+
+
+async def test_refused_create_leaves_nothing(aws_env, make_spawner):
+    spawner = make_spawner(subnet_id="subnet-00000000deadbeef")
+    with pytest.raises(web.HTTPError) as e:
+        await begin(spawner)
+    assert "AWS refused to launch" in str(e.value)
+    live = [
+        s
+        for s in aws_env.cfn.list_stacks()["StackSummaries"]
+        if s["StackStatus"] != "DELETE_COMPLETE"
+    ]
+    assert live == []
+    assert spawner.stack_id is None
+
+
+async def test_delete_failure_keeps_stack_tracked(aws_env, make_spawner):
+    after_create(aws_env.cfn, fail_stack)
+    spawner = make_spawner()
+    real_delete = aws_env.cfn.delete_stack
+    calls = Counter()
+
+    def flaky_delete(**kwargs):
+        calls["delete"] += 1
+        if calls["delete"] == 1:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "Del")
+        return real_delete(**kwargs)
+
+    aws_env.cfn.delete_stack = flaky_delete
+    with pytest.raises(web.HTTPError, match="not supported"):
+        await begin(spawner)
+    # the delete failed: the stack is still in state, flagged, and poll says it exists
+    assert spawner.stack_id and spawner.delete_pending
+    assert "delete_pending" in spawner.get_state()["mliy"]
+    assert await spawner.poll() == 1  # a failed stack: not running, but still there
+    await spawner.stop()  # the hub's cleanup: deletes it this time
+    assert spawner.stack_id is None
+    assert calls["delete"] == 2
+
+
+async def test_poll_never_reports_stopped_on_aws_errors(aws_env, make_spawner):
+    spawner = make_spawner()
+    await begin(spawner)
+    reflector = spawner.reflector
+    # the instance stops, but AWS is throttling every describe call from now on
+    aws_env.ec2.stop_instances(InstanceIds=[spawner.instance_id])
+    broken = make_client("ec2", "us-east-1")
+    stubber = Stubber(broken)
+    for _ in range(50):
+        stubber.add_client_error("describe_instances", "RequestLimitExceeded", http_status_code=503)
+    stubber.activate()
+    reflector.ec2 = broken
+    reflector.stale_after = 0.3
+    ok = await reflector.refresh()
+    assert ok is False
+    await asyncio.sleep(0.4)
+    assert reflector.age > reflector.stale_after
+    assert await spawner.poll() is None
+    # AWS answers again: the stopped instance is seen as stopped
+    reflector.ec2 = aws_env.ec2
+    assert await reflector.refresh() is True
+    assert await spawner.poll() == 0
+
+
+async def test_event_loop_stays_responsive_with_slow_aws(aws_env, make_spawner):
+    def slow(**kwargs):
+        time.sleep(0.2)
+
+    for client in (aws_env.ec2, aws_env.cfn):
+        client.meta.events.register("before-call", slow)
+    spawner = make_spawner()
+    lags = []
+    stop = threading.Event()
+
+    async def ticker():
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    tick = asyncio.ensure_future(ticker())
+    started = time.perf_counter()
+    await begin(spawner)
+    await spawner.stop()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await tick
+    assert elapsed > 1.0  # the slow calls really happened
+    assert max(lags) < 0.05, f"event loop lagged {max(lags) * 1000:.0f} ms"
+
+
+async def test_reflector_cost_does_not_grow_with_spawners(aws_env, make_spawner):
+    counts = Counter()
+    ec2 = make_client("ec2", "us-east-1")
+    cfn = make_client("cloudformation", "us-east-1")
+    for client in (ec2, cfn):
+        client.meta.events.register("before-call", lambda model, **kw: counts.update([model.name]))
+    reflector = Reflector(ec2, cfn, "mliy", interval=5.0, min_interval=0.05)
+    try:
+        spawners = [make_spawner(user=f"user{i}", reflector=reflector) for i in range(12)]
+        await asyncio.gather(*(begin(s) for s in spawners))
+        launch_cycles = reflector.cycles
+        assert counts["DescribeInstances"] == counts["DescribeStacks"] == launch_cycles
+        assert set(counts) == {"DescribeInstances", "DescribeStacks"}
+        # a round of polls by every spawner, many times over: no AWS call at all
+        counts.clear()
+        for _ in range(5):
+            assert [await s.poll() for s in spawners] == [None] * 12
+        assert sum(counts.values()) == 0
+        # one refresh serves all twelve
+        counts.clear()
+        await asyncio.gather(*(reflector.refresh() for _ in spawners))
+        assert counts["DescribeInstances"] <= 2 and counts["DescribeStacks"] <= 2
+    finally:
+        await reflector.stop()
+
+
+async def test_reflector_restarts_after_dying(aws_env, caplog):
+    reflector = Reflector(aws_env.ec2, aws_env.cfn, "mliy", interval=5.0, min_interval=0.01)
+    try:
+        assert await reflector.refresh()
+        first = reflector._task
+        # kill the task with an error it does not handle (not a refresh failure)
+        original = reflector._cycle
+
+        async def explode(started):
+            reflector._cycle = original
+            raise RuntimeError("boom")
+
+        reflector._cycle = explode
+        reflector._wake.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if reflector._task is not first:
+                break
+        assert reflector._task is not first
+        assert "restarting" in caplog.text
+        assert await reflector.refresh()
+    finally:
+        await reflector.stop()
