@@ -257,6 +257,15 @@ def refuse(status, message):
 class MLiyLoginHandler(BaseHandler):
     """``GET /hub/login``: log in from the proxy's header, then go to ``next``."""
 
+    async def prepare(self):
+        # Take the proxy's secret out of the request before anything runs: JupyterHub
+        # logs every header of a request that ends in a 5xx error.
+        name = self.authenticator.shared_secret_header
+        self.proxy_secret_values = self.request.headers.get_list(name)
+        if self.proxy_secret_values:
+            del self.request.headers[name]
+        await super().prepare()
+
     async def get(self):
         header = self.authenticator.auth_header
         raw = self.request.headers.get(header, "")
@@ -421,8 +430,9 @@ class MLiyAuthenticator(Authenticator):
         )
         return [("/login", MLiyLoginHandler)]
 
-    def check_request(self, request):
+    def check_request(self, handler):
         """Refuse (403) a login request that did not come through the trusted proxies."""
+        request = handler.request
         networks = parse_networks(tuple(self.trusted_proxies))
         peer = login_peer(
             _socket_peer(request), request.headers.get_list("X-Forwarded-For"), networks
@@ -439,7 +449,9 @@ class MLiyAuthenticator(Authenticator):
                 "the site's sign-in proxy. Open the hub at the site's address to sign in.",
             )
         if self.shared_secret:
-            values = request.headers.get_list(self.shared_secret_header)
+            values = getattr(handler, "proxy_secret_values", None)
+            if values is None:
+                values = request.headers.get_list(self.shared_secret_header)
             expected = self.shared_secret.encode("utf-8")
             if len(values) != 1 or not hmac.compare_digest(
                 _decode(values[0]).encode("utf-8"), expected
@@ -480,7 +492,7 @@ class MLiyAuthenticator(Authenticator):
         refused by the plugin).
         """
         request = handler.request
-        peer = self.check_request(request)
+        peer = self.check_request(handler)
         header = self.auth_header
         values = [v for v in request.headers.get_list(header) if v.strip()]
         if not values:
