@@ -121,8 +121,8 @@ def env_preamble(env):
     text (quotes, ``$(...)``, backticks, newlines, backslashes, unicode) arrives in the
     shell exactly. A last line exports :data:`ENV_NAMES_VARIABLE` with the names, in
     order. Raises :class:`UserDataError` naming a bad variable name; a value with a NUL
-    character (which no shell variable can hold) is refused naming its variable only,
-    since values may be secrets.
+    character (which no shell variable can hold) or that is not encodable as UTF-8 is
+    refused naming its variable only, since values may be secrets.
     """
     lines = [_PREAMBLE_COMMENT]
     names = []
@@ -134,6 +134,12 @@ def env_preamble(env):
                 f"environment variable {name} has a NUL character in its value;"
                 " shell variables cannot hold NUL"
             )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserDataError(
+                f"environment variable {name} is not valid unicode text (lone surrogate)"
+            ) from None
         lines.append(f"export {name}={shlex.quote(text)}\n")
         names.append(name)
     lines.append(f"export {ENV_NAMES_VARIABLE}={shlex.quote(' '.join(names))}\n")

@@ -126,6 +126,11 @@ def test_nul_in_value_is_refused_without_showing_the_value():
     assert "secret" not in str(err.value)
 
 
+def test_lone_surrogate_is_refused_naming_the_variable():
+    with pytest.raises(UserDataError, match="JUPYTERHUB_USER is not valid unicode"):
+        env_preamble({"JUPYTERHUB_USER": "bad\udc80name"})
+
+
 def test_assemble_keeps_the_shebang_first():
     text = assemble("#!/usr/bin/env bash\nset -e\n", {"A": "1"})
     lines = text.splitlines()
