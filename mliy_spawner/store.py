@@ -174,9 +174,9 @@ def _make_engine(url):
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
             if not in_memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
         finally:
             cursor.close()
 
@@ -216,13 +216,18 @@ class Store:
         with self._lock:
             if self._ready:
                 return
-            try:
-                metadata.create_all(self._engine)
-            except OperationalError as e:
-                # another process created them between our check and our CREATE
-                if "already exists" not in str(e):
-                    raise
-                metadata.create_all(self._engine)
+            for attempt in range(2):
+                try:
+                    # under the write lock (BEGIN IMMEDIATE with SQLite), so a second
+                    # process starting at the same moment waits instead of failing
+                    with self._engine.connect().execution_options(mliy_write=True) as conn:
+                        with conn.begin():
+                            metadata.create_all(conn)
+                    break
+                except OperationalError as e:
+                    # another database client created them between our check and CREATE
+                    if attempt or "already exists" not in str(e):
+                        raise
             self._ready = True
 
     def _read(self):
@@ -373,3 +378,16 @@ def store_url_from_env(environ=None):
     """``MLIY_STORE_URL`` from the environment, else :func:`default_store_url`."""
     environ = os.environ if environ is None else environ
     return environ.get("MLIY_STORE_URL") or default_store_url()
+
+
+_shared = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(url):
+    """One :class:`Store` (one engine, one connection pool) per URL in this process."""
+    with _shared_lock:
+        store = _shared.get(url)
+        if store is None:
+            store = _shared[url] = Store(url)
+        return store

@@ -126,29 +126,32 @@ def test_two_stores_on_one_file_see_each_other(tmp_path):
     assert mode == ("wal",)
 
 
-def _writer(url, instance_id, count):
+def _writer(url, instance_id, count, barrier):
     store = Store(url)
+    barrier.wait(30)  # all processes create the tables and write at the same moment
     for i in range(count):
         store.add_progress(instance_id, f"step {i}", i % 101, False)
         store.record_instance(instance_id, "alice", "", f"stack-{i}", "us-east-1")
     store.close()
 
 
-def test_two_processes_write_one_file_without_lock_errors(tmp_path):
+def test_processes_write_one_new_file_without_lock_errors(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(url, f"i-{n}", 60)) for n in range(2)]
+    writers = 3
+    barrier = ctx.Barrier(writers)
+    procs = [ctx.Process(target=_writer, args=(url, f"i-{n}", 30, barrier)) for n in range(writers)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * writers
     store = Store(url)
     try:
-        for n in range(2):
+        for n in range(writers):
             steps = [r.step for r in store.progress(f"i-{n}")]
-            assert steps == [f"step {i}" for i in range(60)]
-            assert store.owner(f"i-{n}").stack_id == "stack-59"
+            assert steps == [f"step {i}" for i in range(30)]
+            assert store.owner(f"i-{n}").stack_id == "stack-29"
     finally:
         store.close()
 

@@ -80,6 +80,9 @@ def configure_service(
 ):
     """Add the ``mliy`` service and its role to the hub config ``c``; returns the service dict.
 
+    The role ``<name>-service`` gives the service :data:`SERVICE_SCOPES`; the ``user``
+    role gains ``access:services!service=<name>`` so users can open its page.
+
     - ``name``: service name, so its URL is ``/services/<name>/``.
     - ``port``: loopback port it listens on (default: a free port chosen now).
     - ``store_url``: SQLAlchemy URL of the store shared with the spawner (default:
@@ -145,6 +148,14 @@ def configure_service(
                 "services": [name],
             }
         )
+    # every user may open the service's page (hub OAuth checks access:services)
+    access = f"access:services!service={name}"
+    for role in roles:
+        if role.get("name") == "user":
+            role["scopes"] = list(dict.fromkeys([*role.get("scopes", ["self"]), access]))
+            break
+    else:
+        roles.append({"name": "user", "scopes": ["self", access]})
     c.JupyterHub.load_roles = roles
     return service
 

@@ -13,6 +13,7 @@ JupyterHub starts the service with ``JUPYTERHUB_SERVICE_URL`` (where to listen),
 ``MLIY_PROGRESS_RATE``     progress reports per second and instance (default 10)
 ``MLIY_PROGRESS_BURST``    reports allowed at once per instance (default 20)
 ``MLIY_STOP_TIMEOUT``      seconds restart/terminate wait for a server to stop (300)
+``MLIY_TEMPLATE_PATHS``    folders (``:``-separated) searched before the shipped templates
 """
 
 import logging
@@ -20,12 +21,20 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubAuth
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
+from jupyterhub.services.auth import HubAuth, HubOAuth
 from tornado import web
 
 from ..store import Store, store_url_from_env
 from .actions import InstanceActions
-from .handlers import InstanceActionHandler, MLiyProgressHandler, NotFoundHandler, ProgressHandler
+from .handlers import (
+    InstanceActionHandler,
+    InstancesPage,
+    MLiyProgressHandler,
+    NotFoundHandler,
+    OAuthCallbackHandler,
+    ProgressHandler,
+)
 from .hub import HubClient
 from .ratelimit import RateLimiter
 
@@ -71,6 +80,7 @@ class Settings:
     progress_rate: float = 10.0
     progress_burst: int = 20
     stop_timeout: float = 300.0
+    template_paths: tuple = ()
 
     @classmethod
     def from_env(cls, environ=None):
@@ -98,6 +108,9 @@ class Settings:
             progress_rate=_number(env, "MLIY_PROGRESS_RATE", 10.0),
             progress_burst=_number(env, "MLIY_PROGRESS_BURST", 20, kind=int),
             stop_timeout=_number(env, "MLIY_STOP_TIMEOUT", 300.0),
+            template_paths=tuple(
+                p for p in env.get("MLIY_TEMPLATE_PATHS", "").split(os.pathsep) if p
+            ),
         )
 
     @property
@@ -134,6 +147,35 @@ class Context:
             stop_timeout=settings.stop_timeout,
         )
 
+    _hub_oauth = None
+
+    @property
+    def hub_oauth(self):
+        """HubOAuth for the browser page (needs the OAuth client the hub sets up)."""
+        if self._hub_oauth is None:
+            self._hub_oauth = HubOAuth(
+                api_url=self.settings.api_url,
+                api_token=self.settings.api_token,
+                base_url=self.settings.prefix,
+                allow_token_in_url=False,
+                cache_max_age=60,
+            )
+        return self._hub_oauth
+
+    @property
+    def templates(self):
+        if self._templates is None:
+            loader = ChoiceLoader(
+                [
+                    FileSystemLoader(list(self.settings.template_paths)),
+                    PackageLoader("mliy_spawner", "templates"),
+                ]
+            )
+            self._templates = Environment(loader=loader, autoescape=True)
+        return self._templates
+
+    _templates = None
+
     @staticmethod
     async def _run_blocking(fn, *args):
         import asyncio
@@ -161,11 +203,20 @@ def make_app(settings, store=None):
     prefix = settings.prefix
     args = {"context": context}
     handlers = [
+        (prefix, InstancesPage, args),
+        (prefix + "oauth_callback", OAuthCallbackHandler, args),
         (prefix + r"api/progress/([^/]+)", ProgressHandler, args),
         (prefix + r"ajax/progress/([^/]+)/(.+)", MLiyProgressHandler, args),
         (prefix + r"api/instances/([^/]+)/([^/]+)", InstanceActionHandler, args),
         (prefix + r".*", NotFoundHandler, args),
     ]
-    app = web.Application(handlers, log_function=_log_request, xsrf_cookies=False)
+    app = web.Application(
+        handlers,
+        log_function=_log_request,
+        # signs the OAuth state and login cookies of the page; a restart only means
+        # users pass through the hub's OAuth again (without a prompt)
+        cookie_secret=os.urandom(32),
+        xsrf_cookies=False,
+    )
     app.mliy_context = context
     return app

@@ -10,6 +10,11 @@ import functools
 import json
 import logging
 
+from jupyterhub.services.auth import (
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from tornado import web
 
 from .actions import ACTIONS, ActionError, refusal
@@ -28,7 +33,22 @@ class APIError(web.HTTPError):
         self.headers = headers or {}
 
 
-class BaseHandler(web.RequestHandler):
+class QuietLogs:
+    """Log errors with the request's path only: a query may hold a token or OAuth code."""
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, web.HTTPError):
+            message = value.message if isinstance(value, APIError) else (value.log_message or "")
+            log.info(
+                "%s %s -> %d %s", self.request.method, self.request.path, value.status_code, message
+            )
+        else:
+            log.error(
+                "%s %s failed", self.request.method, self.request.path, exc_info=(typ, value, tb)
+            )
+
+
+class BaseHandler(QuietLogs, web.RequestHandler):
     """JSON errors, quiet logs (path only, never the query or headers), token auth."""
 
     def initialize(self, context):
@@ -61,17 +81,6 @@ class BaseHandler(web.RequestHandler):
     def _implements(self, method):
         own = getattr(type(self), method.lower(), None)
         return own is not None and own is not getattr(web.RequestHandler, method.lower())
-
-    def log_exception(self, typ, value, tb):
-        if isinstance(value, web.HTTPError):
-            message = value.message if isinstance(value, APIError) else (value.log_message or "")
-            log.info(
-                "%s %s -> %d %s", self.request.method, self.request.path, value.status_code, message
-            )
-        else:
-            log.error(
-                "%s %s failed", self.request.method, self.request.path, exc_info=(typ, value, tb)
-            )
 
     async def blocking(self, fn, *args):
         """Run a blocking call (the store) on the default thread pool."""
@@ -228,3 +237,63 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self):
         raise APIError(404, f"no such endpoint: {show(self.request.path)}")
+
+
+class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):
+    """``GET <prefix>``: the logged-in user's instances and their latest step (HTML).
+
+    Browsers log in through the hub's OAuth (``HubOAuth``); the page only reads.
+    """
+
+    def initialize(self, context):
+        self.context = context
+        self.hub_auth = context.hub_oauth
+
+    async def prepare(self):
+        # the mixin's get_current_user asks the hub synchronously; ask here without
+        # blocking the event loop and leave the answer where get_current_user looks
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+            raise web.HTTPError(403, "not allowed to use this service") from None
+
+    @web.authenticated
+    async def get(self):
+        user = self.current_user["name"]
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(None, self._rows, user)
+        template = self.context.templates.get_template("service_instances.html")
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.finish(template.render(user=user, hub_url=self.hub_auth.hub_prefix, rows=rows))
+
+    def _rows(self, user):
+        store = self.context.store
+        rows = []
+        for record in store.instances_for_user(user):
+            latest = store.latest_progress(record.instance_id)
+            rows.append(
+                {
+                    "server_name": record.server_name,
+                    "instance_id": record.instance_id,
+                    "stack_id": record.stack_id,
+                    "region": record.region,
+                    "updated": record.updated,
+                    "step": latest.step if latest else None,
+                    "percent": latest.percent if latest else None,
+                    "failed": latest.failed if latest else None,
+                    "reported": latest.created if latest else None,
+                }
+            )
+        return rows
+
+
+class OAuthCallbackHandler(QuietLogs, HubOAuthCallbackHandler):
+    """``<prefix>oauth_callback``: finishes the hub's OAuth login for the page."""
+
+    def initialize(self, context):
+        self.hub_auth = context.hub_oauth
