@@ -158,15 +158,23 @@ def _import_folder(folder):
         prefix = "_mliy_plugin_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
         previous_settings = sys.modules.pop(SETTINGS_MODULE, None)
         settings = None
+        loaded = []
         try:
             settings_path = folder / SETTINGS_FILE
             if settings_path.is_file():
                 settings = _import_file(settings_path, f"{prefix}_settings")
                 sys.modules[SETTINGS_MODULE] = settings
-            loaded = []
             for index, path in enumerate(files):
                 stem = "".join(c if c.isalnum() else "_" for c in path.stem)
                 loaded.append((path, _import_file(path, f"{prefix}_{index}_{stem}")))
+        except PluginError:
+            # forget the half-loaded folder: the next attempt imports it afresh
+            for _, module in loaded:
+                sys.modules.pop(module.__name__, None)
+            if settings is not None:
+                sys.modules.pop(settings.__name__, None)
+                settings = None
+            raise
         finally:
             # leave `plugin_settings` pointing at this folder's settings (for plugins that
             # import it lazily), or at what was there before when this folder has none
@@ -272,7 +280,8 @@ def _load(kind, cls, group, names, folder, name):
             else:
                 functions, sources = _from_entry_point(kind, group, name, names)
             _plugins[key] = cls(**functions, sources=sources)
-            log.info("%s plugin loaded from %s", kind, _plugins[key].source)
+            logger = log if kind == "auth" else logging.getLogger("mliy.launch")
+            logger.info("%s plugin loaded from %s", kind, _plugins[key].source)
         return _plugins[key]
 
 

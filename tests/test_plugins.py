@@ -140,6 +140,10 @@ def test_import_failure_carries_the_traceback(tmp_path):
     assert "RuntimeError: boom: the directory is down" in message
     assert "_connect()" in message  # the failing line, from the traceback
 
+    # once the file is fixed, loading again imports the folder afresh
+    (folder / "bad.py").write_text("VALUE = 1\n")
+    assert load_auth_plugin(folder=str(folder)).getAuthHeader() == "REMOTE_USER"
+
 
 def test_an_endpoint_that_is_not_a_function_is_an_error(tmp_path):
     folder = tmp_path / "notfunc"
