@@ -25,9 +25,9 @@ from botocore.exceptions import ClientError
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import maybe_future
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import (
     Any,
+    Bool,
     Callable,
     Dict,
     Enum,
@@ -41,8 +41,10 @@ from traitlets import (
     validate,
 )  # fmt: skip
 
-from . import aws, configs, form, pricing, stacks, userdata
+from . import aws, boot, configs, form, plugins, pricing, stacks, userdata
+from .placement import read_placement
 from .reflector import Reflector, shared_reflector
+from .store import Store, store_url_from_env
 
 STATE_VERSION = 1
 
@@ -50,6 +52,16 @@ try:  # JupyterHub 6: a policy failure, shown to the user without a traceback
     from jupyterhub.spawner import SpawnException
 except ImportError:  # JupyterHub 5.x
     SpawnException = None
+
+
+_stores = {}
+
+
+def shared_store(url):
+    """One Store (one engine and connection pool) per URL for all spawners of the hub."""
+    if url not in _stores:
+        _stores[url] = Store(url)
+    return _stores[url]
 
 
 class LaunchFailed(Exception):
@@ -276,6 +288,61 @@ class MLiySpawner(Spawner):
         The embedded demo uses it to map instances to local servers.""",
     ).tag(config=True)
 
+    store_url = Unicode(
+        help="""SQLAlchemy URL of the store shared with the `mliy` service (instance
+        ownership, boot progress). Default: $MLIY_STORE_URL, else `mliy.sqlite` in the
+        hub's folder. `configure_service(c)` sets both sides to the same URL.""",
+    ).tag(config=True)
+
+    @default("store_url")
+    def _default_store_url(self):
+        return store_url_from_env()
+
+    store = Any(help="The Store (mliy_spawner.store); one per URL, built from store_url.")
+
+    @default("store")
+    def _default_store(self):
+        return shared_store(self.store_url)
+
+    wait_for_boot = Bool(
+        True,
+        help="""Wait, in start(), until the instance's user-data script reports that the
+        notebook server is up (or failed), showing its steps as progress. Needs a
+        service URL (see service_url). Turn off for scripts that report nothing.""",
+    ).tag(config=True)
+
+    dns_plugin_folder = Unicode(
+        "",
+        help="""Folder of MLiy-style plugin files holding the DNS plugin (createDnsEntry,
+        deleteDnsEntry, dnsDisplayName), e.g. the shipped `plugins/` with route53.py.
+        Empty with dns_plugin_name empty: no DNS (servers are reached by IP).""",
+    ).tag(config=True)
+
+    dns_plugin_name = Unicode(
+        "", help="Name of a DNS plugin registered under the `mliy_spawner.dns_plugins` entry point."
+    ).tag(config=True)
+
+    connect_via_dns = Bool(
+        False,
+        help="""Connect the hub to servers by the DNS plugin's name (dnsDisplayName) rather
+        than their IP. When the DNS update fails the IP is used (MLiy's fallback).""",
+    ).tag(config=True)
+
+    @validate("dns_plugin_folder", "dns_plugin_name")
+    def _validate_dns_plugin(self, proposal):
+        folder = proposal.value if proposal.trait.name == "dns_plugin_folder" else ""
+        name = proposal.value if proposal.trait.name == "dns_plugin_name" else ""
+        if proposal.value:
+            try:
+                plugins.load_dns_plugin(folder or None, name or None)
+            except plugins.PluginError as e:
+                raise TraitError(f"MLiySpawner.{proposal.trait.name}: {e}") from None
+        return proposal.value
+
+    @property
+    def dns_plugin(self):
+        return plugins.load_dns_plugin(self.dns_plugin_folder or None, self.dns_plugin_name or None)
+
     wait_backoff_start = Float(
         1.0, help="First pause, in seconds, between two checks while waiting on AWS."
     ).tag(config=True)
@@ -361,6 +428,8 @@ class MLiySpawner(Spawner):
     launch_options = None
     # a failed launch whose stack could not be deleted yet: stop() deletes it
     delete_pending = False
+    # the address the DNS record points at, to delete it after a hub restart
+    dns_ip = None
 
     def load_state(self, state):
         super().load_state(state)
@@ -373,6 +442,7 @@ class MLiySpawner(Spawner):
         self.stack_region = mine.get("region")
         self.launch_options = mine.get("launch_options")
         self.delete_pending = bool(mine.get("delete_pending"))
+        self.dns_ip = mine.get("dns_ip")
 
     def get_state(self):
         state = super().get_state()
@@ -385,6 +455,7 @@ class MLiySpawner(Spawner):
                 "region": self.stack_region or self.region,
                 "launch_options": self.launch_options,
                 "delete_pending": self.delete_pending,
+                "dns_ip": self.dns_ip,
             }
         return state
 
@@ -500,7 +571,7 @@ class MLiySpawner(Spawner):
         cached = type(self)._placement_cache
         if cached is None:
             try:
-                cached = await self._read_instance_metadata()
+                cached = await read_placement(self.instance_metadata_url)
             except Exception as e:
                 raise _spawn_error(
                     "The hub is misconfigured: MLiySpawner.subnet_id/availability_zone are "
@@ -510,34 +581,6 @@ class MLiySpawner(Spawner):
                 ) from None
             type(self)._placement_cache = cached
         return self.subnet_id or cached[0], self.availability_zone or cached[1]
-
-    async def _read_instance_metadata(self):
-        client = AsyncHTTPClient()
-        base = self.instance_metadata_url.rstrip("/")
-        token = (
-            await client.fetch(
-                HTTPRequest(
-                    f"{base}/latest/api/token",
-                    method="PUT",
-                    body="",
-                    headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-                    request_timeout=3,
-                )  # fmt: skip
-            )
-        ).body.decode()
-
-        async def get(path):
-            request = HTTPRequest(
-                f"{base}/latest/meta-data/{path}",
-                headers={"X-aws-ec2-metadata-token": token},
-                request_timeout=3,
-            )
-            return (await client.fetch(request)).body.decode().strip()
-
-        zone = await get("placement/availability-zone")
-        mac = await get("mac")
-        subnet = await get(f"network/interfaces/macs/{mac}/subnet-id")
-        return subnet, zone
 
     async def _wait(self, check, what, limit, on_tick=None):
         """Refresh the shared view (coalesced) until ``check()`` returns a value.
@@ -600,6 +643,7 @@ class MLiySpawner(Spawner):
         choice = self._launch_choice or self.resolve_launch(self.user_options)
         self._launch_choice = None
         self._events = []
+        self._instance_seen = None
         self.ip = "0.0.0.0"
         self.port = self.notebook_port
         if self.delete_pending:
@@ -611,8 +655,15 @@ class MLiySpawner(Spawner):
             await self._launch(choice)
         try:
             instance = await self._wait(
-                self._ready_instance, "the instance", self.start_timeout, self._follow_events
+                self._ready_instance, "the instance", self.start_timeout, self._on_launch_tick
             )
+            self.instance_id = instance.instance_id
+            await self._record_owner()
+            if not resumed and self.wait_for_boot and self._service_url():
+                await boot.wait_for_boot(
+                    self.store, self.instance_id, self._emit, self._check_alive,
+                    self.start_timeout, self.wait_backoff_start,
+                )  # fmt: skip
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(resumed))
             raise
@@ -620,13 +671,67 @@ class MLiySpawner(Spawner):
             reason = await self._failure_reason(str(e))
             await asyncio.shield(self._abandon(resumed))
             raise _spawn_error(f"Launching your server failed: {reason}", reason="stack") from None
+        except boot.BootFailed as e:
+            await asyncio.shield(self._abandon(resumed))
+            raise _spawn_error(
+                f"Your server's instance failed to set up: {e}", reason="instance-setup"
+            ) from None
         except BaseException:
             await asyncio.shield(self._abandon(resumed))
             raise
-        self.instance_id = instance.instance_id
-        address = await self._address(instance)
-        self._emit(f"Instance {instance.instance_id} is running", 90)
-        return address
+        host, port = await self._address(instance)
+        host = await self._dns_on_start(instance, host)
+        self._emit(f"Connecting to the notebook server at {host}:{port}", boot.BOOT_END)
+        return host, port
+
+    async def _on_launch_tick(self):
+        await self._follow_events()
+        if self.instance_id and self._owner_recorded != self.instance_id:
+            await self._record_owner()
+
+    _owner_recorded = None
+
+    async def _record_owner(self):
+        """Tell the store (and so the mliy service) which server owns the instance."""
+        await aws.run_in_executor(
+            self.store.record_instance, self.instance_id, self.user.name, self.name or "",
+            self.stack_id, self.stack_region or self.region,
+        )  # fmt: skip
+        self._owner_recorded = self.instance_id
+
+    def _check_alive(self):
+        instance = self.reflector.instances.get(self.instance_id)
+        if instance is not None and instance.state not in stacks.INSTANCE_UP:
+            raise LaunchFailed(f"instance {self.instance_id} is {instance.state}")
+        stack = self.reflector.stacks.get(self.stack_id)
+        if stack is not None and stacks.simplify_status(stack.status) != stacks.READY:
+            raise LaunchFailed(self._stack_failure(stack))
+
+    def _dns_name(self):
+        return boot.dns_label(self.user.name, self.name or "")
+
+    async def _dns_on_start(self, instance, host):
+        """Point the DNS record at the new address; return the host to connect to."""
+        plugin = self.dns_plugin
+        if plugin is plugins.NOOP_DNS_PLUGIN:
+            return host
+        ip = instance.private_ip
+        error = await plugins.run_dns(plugin, "create", self._dns_name(), ip, self.log)
+        if error:
+            self._emit(error)
+            return host
+        self.dns_ip = ip
+        if self.connect_via_dns and self.connect_address_hook is None:
+            return plugins.dns_display_name(plugin, self._dns_name(), ip, self.log)
+        return host
+
+    async def _dns_on_stop(self):
+        plugin = self.dns_plugin
+        if plugin is plugins.NOOP_DNS_PLUGIN or not self.dns_ip:
+            return
+        error = await plugins.run_dns(plugin, "delete", self._dns_name(), self.dns_ip, self.log)
+        if error is None:
+            self.dns_ip = None
 
     async def _launch(self, choice):
         """Create a new stack for ``choice``; set stack_id as soon as AWS answers."""
@@ -721,6 +826,8 @@ class MLiySpawner(Spawner):
         instance = self.reflector.instances.get(self.instance_id)
         return instance if instance is not None and instance.state in states else None
 
+    _instance_seen = None
+
     def _ready_instance(self):
         """Reflector check while starting: the running instance, None to wait, or raise."""
         stack = self.reflector.stacks.get(self.stack_id)
@@ -734,9 +841,11 @@ class MLiySpawner(Spawner):
         instance = self.reflector.instance_for_stack(self.stack_id)
         if instance is None:
             return None
-        if instance.instance_id != self.instance_id:
+        if (instance.instance_id, instance.state) != self._instance_seen:
             self.instance_id = instance.instance_id
-            self._emit(f"Instance {instance.instance_id} is {instance.state}", 30)
+            self._instance_seen = (instance.instance_id, instance.state)
+            percent = boot.BOOT_START if instance.state == "running" else 30
+            self._emit(f"Instance {instance.instance_id} is {instance.state}", percent)
         if instance.state in ("stopping", "stopped", "shutting-down", "terminated"):
             raise LaunchFailed(f"instance {instance.instance_id} is {instance.state}")
         if instance.state == "running" and instance.private_ip and status == stacks.READY:
@@ -844,6 +953,7 @@ class MLiySpawner(Spawner):
     async def stop(self, now=False):
         if not self.stack_id:
             return
+        await self._dns_on_stop()
         if self.stop_action == "terminate" or self.delete_pending:
             await self._delete_stack()
             return
@@ -866,6 +976,7 @@ class MLiySpawner(Spawner):
     async def delete_forever(self):
         """The server is removed (or its user deleted): delete its stack."""
         if self.stack_id:
+            await self._dns_on_stop()
             await self._delete_stack()
             if self.delete_pending:
                 raise RuntimeError(f"stack {self.stack_name} could not be deleted")

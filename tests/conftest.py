@@ -7,7 +7,8 @@ Fixtures:
   boto3 clients made by ``mliy_spawner.aws.make_client``.
 - ``spawner_config``: the traits of a two-configuration, two-group setup over ``aws_env``.
 - ``make_spawner``: builds an ``MLiySpawner`` against a fake hub and user (the second
-  layer of tests: no hub process), with a fast private reflector; call it with
+  layer of tests: no hub process), with a fast private reflector and a store in the
+  test's tmp_path; call it with
   ``user=``, ``groups=``, ``server_name=`` and trait overrides. Reflectors it made are
   stopped after the test.
 
@@ -132,7 +133,7 @@ def fake_hub():
 
 
 @pytest.fixture
-async def make_spawner(aws_env, spawner_config):
+async def make_spawner(aws_env, spawner_config, tmp_path):
     from mliy_spawner.reflector import Reflector
     from mliy_spawner.spawner import MLiySpawner
 
@@ -142,6 +143,7 @@ async def make_spawner(aws_env, spawner_config):
         settings = {**spawner_config, **traits}
         settings.setdefault("ec2_client", aws_env.ec2)
         settings.setdefault("cfn_client", aws_env.cfn)
+        settings.setdefault("store_url", f"sqlite:///{tmp_path}/mliy.sqlite")
         if reflector is None:
             reflector = Reflector(
                 settings["ec2_client"], settings["cfn_client"], "mliy",

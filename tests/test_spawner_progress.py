@@ -1,0 +1,140 @@
+"""The spawner's progress (stack events, then the instance's own steps) and its DNS hooks."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from tornado import web
+
+from mliy_spawner.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_URL = "http://127.0.0.1:9/services/mliy/"  # only passed to the instance; never fetched
+
+STEPS = [
+    ("Mounting the data volume", 10),
+    ("Creating user alice", 30),
+    ("Installing packages", 60),
+    ("Starting the notebook server", 90),
+    ("done", 100),
+]
+
+
+async def report_when_owned(spawner, steps, store_url):
+    """Play the instance: once the spawner recorded the owner, report ``steps``."""
+    store = Store(store_url)
+    try:
+        for _ in range(500):
+            if spawner.instance_id and store.owner(spawner.instance_id):
+                break
+            await asyncio.sleep(0.02)
+        owner = store.owner(spawner.instance_id)
+        assert owner.user == spawner.user.name and owner.stack_id == spawner.stack_id
+        for step, percent, *failed in steps:
+            store.add_progress(spawner.instance_id, step, percent, bool(failed))
+            await asyncio.sleep(0.05)
+    finally:
+        store.close()
+
+
+async def begin(spawner, options=None):
+    spawner.user_options = options or {}
+    await spawner._run_apply_user_options(spawner.user_options)
+    return await spawner.start()
+
+
+async def test_progress_shows_stack_then_instance_steps_and_replays(make_spawner, tmp_path):
+    spawner = make_spawner(service_url=SERVICE_URL)
+    instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
+    await begin(spawner)
+    await instance
+    messages = [e["message"] for e in spawner._events]
+    percents = [e["progress"] for e in spawner._events]
+    assert messages[0].startswith("Creating stack mliy-alice-")
+    running = messages.index(f"Instance {spawner.instance_id} is running")
+    assert messages[running + 1 : running + 1 + len(STEPS)] == [f"Instance: {s}" for s, _ in STEPS]
+    assert messages[-1].startswith("Connecting to the notebook server at 10.")
+    assert percents == sorted(percents) and percents[-1] == 95
+
+    # a reconnecting page gets everything again, in order, from the start
+    replay = []
+    generator = spawner.progress()
+    for _ in spawner._events:
+        replay.append(await generator.__anext__())
+    await generator.aclose()
+    assert replay == spawner._events
+
+
+async def test_failed_step_fails_spawn_with_its_message(aws_env, make_spawner):
+    spawner = make_spawner(service_url=SERVICE_URL)
+    steps = [("Creating user alice", 30), ("Installing packages: pip exited 1", 60, "failed")]
+    instance = asyncio.ensure_future(report_when_owned(spawner, steps, spawner.store_url))
+    with pytest.raises(web.HTTPError) as e:
+        await begin(spawner)
+    await instance
+    assert "failed to set up: Installing packages: pip exited 1" in str(e.value)
+    assert spawner.stack_id is None
+    statuses = [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]]
+    assert statuses == ["DELETE_COMPLETE"]
+
+
+async def test_resume_does_not_wait_for_boot_steps(make_spawner):
+    spawner = make_spawner(service_url=SERVICE_URL)
+    instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
+    await begin(spawner)
+    await instance
+    await spawner.stop()
+    spawner.clear_state()
+    # the user data does not run again on a resumed instance: nothing more is reported
+    await asyncio.wait_for(begin(spawner), 20)
+    assert not any(m.startswith("Instance: ") for m in (e["message"] for e in spawner._events))
+
+
+@pytest.fixture
+def dns_folder(tmp_path, aws_env):
+    import boto3
+
+    route53 = boto3.client("route53", region_name="us-east-1")
+    zone = route53.create_hosted_zone(Name="notebooks.test", CallerReference="mliy-tests")
+    folder = tmp_path / "dns-plugins"
+    folder.mkdir()
+    shutil.copy(ROOT / "plugins" / "route53.py", folder / "route53.py")
+    (folder / "plugin_settings.py").write_text('ROUTE53_ZONE_NAME = "notebooks.test"\n')
+    return folder, route53, zone["HostedZone"]["Id"]
+
+
+def a_records(route53, zone_id):
+    records = route53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+    return {
+        r["Name"]: [v["Value"] for v in r["ResourceRecords"]] for r in records if r["Type"] == "A"
+    }
+
+
+async def test_dns_record_follows_start_stop_resume_delete(aws_env, make_spawner, dns_folder):
+    folder, route53, zone_id = dns_folder
+    spawner = make_spawner(dns_plugin_folder=str(folder), connect_via_dns=True)
+    host, _ = await begin(spawner)
+    ip = aws_env.ec2.describe_instances(InstanceIds=[spawner.instance_id])["Reservations"][0][
+        "Instances"
+    ][0]["PrivateIpAddress"]
+    assert a_records(route53, zone_id) == {"mliy-alice.notebooks.test.": [ip]}
+    assert host == "mliy-alice.notebooks.test"
+    assert spawner.get_state()["mliy"]["dns_ip"] == ip
+
+    await spawner.stop()
+    assert a_records(route53, zone_id) == {}
+    spawner.clear_state()
+    await begin(spawner)
+    assert list(a_records(route53, zone_id)) == ["mliy-alice.notebooks.test."]
+    await spawner.delete_forever()
+    assert a_records(route53, zone_id) == {}
+
+
+async def test_dns_failure_does_not_fail_the_spawn(aws_env, make_spawner, dns_folder):
+    folder, route53, zone_id = dns_folder
+    route53.delete_hosted_zone(Id=zone_id)  # every DNS call now fails
+    spawner = make_spawner(dns_plugin_folder=str(folder), connect_via_dns=True)
+    host, port = await begin(spawner)
+    assert host.startswith("10.")  # reached by IP, MLiy's fallback
+    assert any("DNS create" in e["message"] and "failed" in e["message"] for e in spawner._events)
