@@ -41,6 +41,20 @@ async def run_in_executor(fn, /, *args, **kwargs):
     return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
 
 
+class _DropBodies(logging.Filter):
+    """botocore logs whole request and response bodies at DEBUG: user data, tokens.
+
+    Drop those records, so turning on DEBUG logging never writes a secret to a log.
+    """
+
+    def filter(self, record):
+        return record.levelno > logging.DEBUG
+
+
+for _name in ("botocore.endpoint", "botocore.parsers", "botocore.httpsession"):
+    logging.getLogger(_name).addFilter(_DropBodies())
+
+
 def _before_call(model, context, **kwargs):
     context["mliy_started"] = time.monotonic()
 

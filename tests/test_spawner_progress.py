@@ -138,3 +138,19 @@ async def test_dns_failure_does_not_fail_the_spawn(aws_env, make_spawner, dns_fo
     host, port = await begin(spawner)
     assert host.startswith("10.")  # reached by IP, MLiy's fallback
     assert any("DNS create" in e["message"] and "failed" in e["message"] for e in spawner._events)
+
+
+async def test_no_log_record_holds_the_token_or_user_data(aws_env, make_spawner, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # everything, botocore included
+    spawner = make_spawner(service_url=SERVICE_URL)
+    instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
+    await begin(spawner)
+    await instance
+    await spawner.stop()
+    assert "is running" in caplog.text and "DescribeInstances" in caplog.text  # logs were on
+    assert "secret-api-token-0123456789" not in caplog.text
+    assert "MLIY_NOTEBOOK_USER" not in caplog.text  # the preamble of the user data
+    for record in caplog.records:
+        assert "secret-api-token" not in repr(record.args)
