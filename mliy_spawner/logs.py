@@ -80,3 +80,25 @@ def configure_logging(levels=None, log_dir=None):
             logger.addHandler(handler)
         loggers[area] = logger
     return loggers
+
+
+_attached = {"done": False}
+
+
+def attach_to_hub_log(hub_logger, levels=None, log_dir=None):
+    """Once per process: send ``mliy.*`` records to the hub's own console handlers.
+
+    JupyterHub puts its handlers on its application logger, not on the root logger, so
+    without this the ``mliy.*`` INFO lines would go nowhere. Also applies ``levels`` and
+    ``log_dir`` (see :func:`configure_logging`).
+    """
+    if _attached["done"]:
+        return
+    _attached["done"] = True
+    configure_logging(levels, log_dir)
+    parent = logging.getLogger("mliy")
+    handlers = [h for h in getattr(hub_logger, "handlers", ()) if h not in parent.handlers]
+    if handlers:
+        for handler in handlers:
+            parent.addHandler(handler)
+        parent.propagate = False  # the hub's handlers print them; avoid root doubling

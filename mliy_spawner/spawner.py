@@ -41,7 +41,7 @@ from traitlets import (
     validate,
 )  # fmt: skip
 
-from . import aws, boot, configs, form, plugins, pricing, stacks, userdata
+from . import aws, boot, configs, form, logs, plugins, pricing, stacks, userdata
 from .placement import read_placement
 from .reflector import Reflector, shared_reflector
 from .store import Store, store_url_from_env
@@ -342,6 +342,30 @@ class MLiySpawner(Spawner):
     @property
     def dns_plugin(self):
         return plugins.load_dns_plugin(self.dns_plugin_folder or None, self.dns_plugin_name or None)
+
+    log_levels = Dict(
+        {},
+        help="""Levels of the mliy.* loggers in the hub, e.g. {"aws": "DEBUG"} (areas:
+        auth, aws, launch, service; default INFO). They print on the hub's console.""",
+    ).tag(config=True)
+
+    log_dir = Unicode(
+        "",
+        help="""Folder for one log file per area (auth.log, aws.log, launch.log,
+        service.log: MLiy's auth, boto, launch and web logs). Empty: console only.""",
+    ).tag(config=True)
+
+    @validate("log_levels")
+    def _validate_log_levels(self, proposal):
+        try:
+            logs.parse_levels(proposal.value)
+        except ValueError as e:
+            raise TraitError(f"MLiySpawner.log_levels: {e}") from None
+        return proposal.value
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        logs.attach_to_hub_log(self.log, self.log_levels, self.log_dir or None)
 
     wait_backoff_start = Float(
         1.0, help="First pause, in seconds, between two checks while waiting on AWS."
