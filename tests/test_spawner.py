@@ -326,3 +326,14 @@ async def test_options_form_lists_choices_with_prices(aws_env, make_spawner):
         "instance_type": "t2.medium",
         "volume_size": 25,
     }
+
+
+async def test_get_url_after_hub_restart_reads_current_address(aws_env, make_spawner):
+    spawner = make_spawner()
+    ip, port = await start(spawner)
+    state = json.loads(json.dumps(spawner.get_state()))
+    restarted = make_spawner()  # a new hub process: only the saved state
+    restarted.load_state(state)
+    restarted.orm_spawner.server = None
+    assert await restarted.poll() is None
+    assert await restarted.get_url() == f"http://{ip}:{port}/"
