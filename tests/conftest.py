@@ -84,15 +84,13 @@ def spawner_config(aws_env):
                 "instance_types": ["t2.medium", "m4.large", "m4.xlarge"],
                 "default_instance_type": "m4.large",
                 "volume": {"default_size": 20, "max_size": 100, "kms_key_id": "alias/mliy"},
-                "params": {"python_packages": "pandas"},
-                "user_data": "/tmp/ud.sh",  # TEMP
+                "params": {"python_packages": "pandas", "home_mode": "700"},
             },
             "small": {
                 "display_name": "Small, no data volume",
                 "ami_id": aws_env.ami_id,
                 "instance_types": ["t2.micro", "t2.small"],
-                "params": {"python_packages": ""},
-                "user_data": "/tmp/ud.sh",  # TEMP
+                "params": {"python_packages": "", "home_mode": "700"},
             },
         },
         "launch_groups": {
