@@ -240,7 +240,7 @@ class HubProcess:
                     f"JupyterHub did not answer at {pending[0]} within {timeout} s; "
                     f"see {self.log_path}"
                 )
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def exited(self):
         return self.process is not None and self.process.poll() is not None

@@ -1,0 +1,377 @@
+"""The demo stack as the end-to-end tests run it: ``python -m mliy_spawner.demo`` in a subprocess.
+
+:func:`start_demo` runs the same entry point as ``make demo`` on free loopback ports, with
+``MLIY_DEMO_ADMIN_TOKEN`` set so the tests can drive the hub's REST API like a client
+script, and waits (bounded) for its banner. :class:`DemoStack` wraps the REST calls, the
+AWS stand-in (boto3 against moto's server on loopback), the hub restart (SIGHUP) and
+the shutdown (SIGINT, as Ctrl-C), and gathers logs for failure reports.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from mliy_spawner.aws import make_client
+from mliy_spawner.demo.runner import processes_under
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_BIN = REPO / ".node" / "node_modules" / ".bin"
+REGION = "us-east-1"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port):
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(condition, what, timeout=60, interval=0.2):
+    """Call ``condition()`` until it returns something true; return that, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _proc_stat(pid):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[19]), fields[0]
+
+
+def process_tree(pid):
+    """{pid: start time} of ``pid`` and every process below it."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat is not None:
+                children.setdefault(stat[0], []).append(int(entry))
+    found, queue = {}, [pid]
+    while queue:
+        current = queue.pop()
+        stat = _proc_stat(current)
+        if stat is not None:
+            found[current] = stat[1]
+        queue.extend(children.get(current, ()))
+    return found
+
+
+def still_running(snapshot):
+    """The pids of ``snapshot`` ({pid: start time}) that still run (same process, not a zombie)."""
+    alive = []
+    for pid, started in snapshot.items():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == started and stat[2] != "Z":
+            alive.append(pid)
+    return alive
+
+
+class ProgressStream:
+    """Read ``/progress`` (server-sent events) in a thread; ``events`` grows as they come."""
+
+    def __init__(self, url, token, timeout=120):
+        self.events = []
+        self.error = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, args=(url, token, timeout), daemon=True, name="progress"
+        )
+        self._thread.start()
+
+    def _read(self, url, token, timeout):
+        deadline = time.monotonic() + timeout
+        try:
+            with requests.get(
+                url, headers={"Authorization": f"token {token}"}, stream=True, timeout=(5, 30)
+            ) as response:
+                response.raise_for_status()
+                for line in response.iter_lines(decode_unicode=True):
+                    if line and line.startswith("data:"):
+                        event = json.loads(line[5:])
+                        self.events.append(event)
+                        if event.get("ready") or event.get("failed"):
+                            return
+                    if time.monotonic() > deadline:
+                        self.error = f"no end of the progress stream within {timeout} s"
+                        return
+        except Exception as e:  # reported by wait()
+            self.error = repr(e)
+        finally:
+            self._done.set()
+
+    def wait(self, timeout=150):
+        """Wait for the stream's end; return the events."""
+        assert self._done.wait(timeout), f"progress stream still open after {timeout} s"
+        assert self.error is None, f"{self.error}; events so far: {self.events}"
+        return self.events
+
+    @property
+    def messages(self):
+        return [e.get("message", "") for e in self.events]
+
+
+@dataclass
+class DemoStack:
+    process: subprocess.Popen
+    data_dir: Path
+    output: Path  # the demo's stdout and stderr
+    hub_port: int
+    aws_port: int
+    admin_token: str
+    user_password: str
+    admin_password: str
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def public_url(self):
+        return f"http://127.0.0.1:{self.hub_port}"
+
+    @property
+    def aws_url(self):
+        return f"http://127.0.0.1:{self.aws_port}"
+
+    # ---- the hub REST API, as a client script would use it ----------------------------
+
+    def api(self, method, path, token=None, **kwargs):
+        headers = {"Authorization": f"token {token or self.admin_token}"}
+        headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("timeout", 60)
+        return self.session.request(
+            method, f"{self.public_url}/hub/api{path}", headers=headers, **kwargs
+        )
+
+    def create_user(self, name, group=None, admin=False):
+        r = self.api("POST", f"/users/{name}", json={"admin": admin})
+        assert r.status_code == 201, r.text
+        if group:
+            r = self.api("POST", f"/groups/{group}/users", json={"users": [name]})
+            assert r.status_code == 200, r.text
+        return name
+
+    def user_token(self, name, scopes=None):
+        body = {"note": "e2e test"}
+        if scopes is not None:
+            body["scopes"] = scopes
+        r = self.api("POST", f"/users/{name}/tokens", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    @staticmethod
+    def server_path(user, server=""):
+        return f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
+
+    def server_model(self, user, server="", token=None):
+        r = self.api("GET", f"/users/{user}", token=token)
+        assert r.status_code == 200, r.text
+        return r.json()["servers"].get(server)
+
+    def progress(self, user, server="", token=None):
+        url = f"{self.public_url}/hub/api{self.server_path(user, server)}/progress"
+        if not server:
+            url = f"{self.public_url}/hub/api/users/{user}/server/progress"
+        return ProgressStream(url, token or self.admin_token)
+
+    def wait_ready(self, user, server="", timeout=120):
+        def ready():
+            model = self.server_model(user, server)
+            return model if model and model.get("ready") else None
+
+        return wait_for(ready, f"server {user}/{server} ready", timeout)
+
+    def wait_stopped(self, user, server="", timeout=60):
+        def stopped():
+            model = self.server_model(user, server)
+            return model is None or (not model.get("ready") and not model.get("pending"))
+
+        wait_for(stopped, f"server {user}/{server} stopped", timeout)
+
+    def notebook_status(self, user, server="", token=None):
+        """GET the server's /api/status through the proxy."""
+        prefix = f"/user/{user}/{server}/" if server else f"/user/{user}/"
+        return self.session.get(
+            f"{self.public_url}{prefix}api/status",
+            headers={"Authorization": f"token {token}"},
+            timeout=30,
+            allow_redirects=False,
+        )
+
+    # ---- the AWS stand-in ----------------------------------------------------------------
+
+    def client(self, service):
+        return make_client(service, REGION, self.aws_url)
+
+    def stacks(self, user=None, server=None, live=True):
+        """The demo hub's stacks (optionally of one user / server; "" is the default
+        server), newest first."""
+        found = []
+        for page in self.client("cloudformation").get_paginator("describe_stacks").paginate():
+            for stack in page["Stacks"]:
+                tags = {t["Key"]: t["Value"] for t in stack.get("Tags") or ()}
+                if tags.get("mliy:hub") != "mliy":
+                    continue
+                if user is not None and tags.get("mliy:user") != user:
+                    continue
+                # the default server's stacks carry no mliy:server tag (values can't be empty)
+                if server is not None and tags.get("mliy:server", "") != server:
+                    continue
+                if live and stack["StackStatus"] == "DELETE_COMPLETE":
+                    continue
+                found.append(stack)
+        return sorted(found, key=lambda s: s["CreationTime"], reverse=True)
+
+    def stack_status(self, stack_id):
+        cfn = self.client("cloudformation")
+        return cfn.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"]
+
+    def instance_of(self, stack_id):
+        """The EC2 instance of a stack, as moto describes it."""
+        ec2 = self.client("ec2")
+        filters = [{"Name": "tag:aws:cloudformation:stack-id", "Values": [stack_id]}]
+        reservations = ec2.describe_instances(Filters=filters)["Reservations"]
+        instances = [i for r in reservations for i in r["Instances"]]
+        assert len(instances) == 1, instances
+        return instances[0]
+
+    def addresses(self):
+        try:
+            return json.loads((self.data_dir / "addresses.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    # ---- the demo process ----------------------------------------------------------------
+
+    def demo_log(self):
+        path = self.data_dir / "logs" / "demo.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def restart_hub(self, timeout=90):
+        """SIGHUP the demo: it restarts only JupyterHub; wait until the hub is back."""
+        before = self.demo_log().count("JupyterHub is back")
+        self.process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: self.demo_log().count("JupyterHub is back") > before,
+            "the demo to restart JupyterHub",
+            timeout,
+        )
+
+    def processes(self):
+        """{pid: start time} of everything the demo runs: its process tree, and the
+        notebook servers and user-data runs working in its sandboxes."""
+        found = process_tree(self.process.pid) if self.process.poll() is None else {}
+        for pid in processes_under(self.data_dir / "instances"):
+            stat = _proc_stat(pid)
+            if stat is not None:
+                found[pid] = stat[1]
+        return found
+
+    def stop(self, sig=signal.SIGINT, timeout=60):
+        """Stop the demo as Ctrl-C does; returns its exit code (kills it if it hangs)."""
+        self.session.close()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                for pid in self.processes():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.process.wait(10)
+                raise AssertionError(f"the demo did not stop within {timeout} s") from None
+        return self.process.returncode
+
+    def logs(self, lines=80):
+        """The tails of the demo's output, its log, the hub's log and the instances' logs."""
+        parts = []
+        files = [
+            self.output,
+            self.data_dir / "logs" / "jupyterhub.log",
+            *sorted((self.data_dir / "logs").glob("*.log")),
+            *sorted((self.data_dir / "logs" / "instances").glob("*.log")),
+            *sorted((self.data_dir / "instances").glob("*/var/log/*.log")),
+        ]
+        seen = set()
+        for path in files:
+            if path in seen or not path.exists():
+                continue
+            seen.add(path)
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"----- {path} (last {len(text)} lines) -----\n" + "\n".join(text))
+        return "\n".join(parts)
+
+
+def start_demo(data_dir, extra_env=None, timeout=120):
+    """Run ``python -m mliy_spawner.demo`` with its files under ``data_dir``; wait for it."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    hub_port, aws_port = free_port(), free_port()
+    admin_token = secrets.token_hex(32)
+    user_password = secrets.token_urlsafe(12)
+    admin_password = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(NODE_BIN), os.environ.get("PATH", "")]),
+        "MLIY_DEMO_DIR": str(data_dir),
+        "MLIY_DEMO_HUB_PORT": str(hub_port),
+        "MLIY_DEMO_AWS_PORT": str(aws_port),
+        "MLIY_DEMO_ADMIN_TOKEN": admin_token,
+        "MLIY_DEMO_PASSWORD": user_password,
+        "MLIY_DEMO_ADMIN_PASSWORD": admin_password,
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    output = data_dir.parent / f"{data_dir.name}-output.log"
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mliy_spawner.demo"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack = DemoStack(
+        process, data_dir, output, hub_port, aws_port, admin_token, user_password, admin_password
+    )
+
+    def banner():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the demo exited with {process.returncode} while starting\n{stack.logs()}"
+            )
+        return "mliy-spawner demo:" in output.read_text(errors="replace")
+
+    try:
+        wait_for(banner, "the demo's banner", timeout)
+    except BaseException:
+        try:
+            stack.stop(signal.SIGTERM, timeout=30)
+        finally:
+            sys.stderr.write(stack.logs())
+        raise
+    return stack
