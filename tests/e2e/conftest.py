@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from demostack import REPO, DemoStack, start_demo as _start_demo, still_running
+from demostack import REPO, DemoStack, still_running
+from demostack import start_demo as _start_demo
 
 _names = itertools.count(1)
 

@@ -42,7 +42,7 @@ def port_open(port):
 
 
 def wait_for(condition, what, timeout=60, interval=0.2):
-    """Call ``condition()`` until it returns something true; return that, or fail naming ``what``."""
+    """Call ``condition()`` until it returns something true and return that; else fail."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
