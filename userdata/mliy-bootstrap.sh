@@ -55,10 +55,16 @@ fail() { log "$*"; exit 1; }
 q() { printf %q "$1"; }
 
 # POST the step to the mliy service; never fails. The token reaches curl on stdin (-H @-),
-# so it shows neither in ps nor in any log.
+# so it shows neither in ps nor in any log. The hub records which server owns this
+# instance moments after it sees it: the first report, which may beat it and be refused,
+# is retried on any error; later ones only on transient errors.
+FIRST_REPORT=1
 report() {
   [[ -n $ID && -n $URL ]] || return 0
-  curl -sS --fail --max-time 10 --retry 2 --retry-delay 1 -o /dev/null -H @- \
+  local retry=(--retry 2 --retry-delay 1)
+  ((FIRST_REPORT)) && retry=(--retry 5 --retry-delay 1 --retry-all-errors)
+  FIRST_REPORT=0
+  curl -sS --fail --max-time 10 "${retry[@]}" -o /dev/null -H @- \
     -H "Content-Type: application/json" --data-binary \
     "$(printf '{"step": "%s", "percent": %d, "failed": %s}' "$1" "$2" "$3")" \
     "${URL}api/progress/$ID" <<<"Authorization: token ${JUPYTERHUB_API_TOKEN:-}" ||
