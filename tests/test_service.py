@@ -238,6 +238,13 @@ def test_configure_service_joins_existing_role_and_refuses_duplicates():
         configure_service(c, port=18125)
 
 
+def test_configure_service_points_the_spawner_at_the_same_store():
+    c = _config()
+    service = configure_service(c, port=18128, store_url="sqlite:////srv/hub/mliy.sqlite")
+    assert c.MLiySpawner.store_url == "sqlite:////srv/hub/mliy.sqlite"
+    assert service["environment"]["MLIY_STORE_URL"] == "sqlite:////srv/hub/mliy.sqlite"
+
+
 def test_configure_service_keeps_a_store_password_out_of_the_config():
     c = _config()
     url = "postgresql://mliy:pa55word@db.example.com/mliy"

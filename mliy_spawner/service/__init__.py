@@ -86,7 +86,8 @@ def configure_service(
     - ``name``: service name, so its URL is ``/services/<name>/``.
     - ``port``: loopback port it listens on (default: a free port chosen now).
     - ``store_url``: SQLAlchemy URL of the store shared with the spawner, also set as
-      ``c.MLiySpawner.store_url`` unless that is set already (default:
+      ``c.MLiySpawner.store_url`` unless that is set already or the URL holds a password
+      (then set ``MLIY_STORE_URL`` in the hub's environment) (default:
       ``mliy.sqlite`` next to ``c.JupyterHub.db_url``'s SQLite file; set ``db_url``
       before calling this).
     - ``log_dir``, ``log_levels``: see :func:`mliy_spawner.logs.configure_logging`.
@@ -105,8 +106,9 @@ def configure_service(
         raise ValueError(f"port is {port!r}; allowed: an integer from 1 to 65535")
     if store_url is None:
         store_url = default_store_url(_get(c.JupyterHub, "db_url", "sqlite:///jupyterhub.sqlite"))
-    # the spawner writes ownership to the same store the service reads
-    if "store_url" not in c.MLiySpawner:
+    # The spawner writes ownership to the same store the service reads. A URL with a
+    # password stays out of the config: give the hub MLIY_STORE_URL in its environment.
+    if "store_url" not in c.MLiySpawner and not make_url(str(store_url)).password:
         c.MLiySpawner.store_url = str(store_url)
     parse_levels(log_levels)  # fail at config time, naming the bad key
     services = list(_get(c.JupyterHub, "services", []))
