@@ -265,13 +265,21 @@ def _default_volume(config):
     return config.volume.default_size if config.volume else None
 
 
-def resolve_options(user_options, available, configs):
+#: What a stopped server keeps (its disk comes with them); only the instance type may change.
+RESUME_FIXED = ("launch_group", "software_config", "volume_size")
+
+
+def resolve_options(user_options, available, configs, kept=None):
     """Check ``user_options`` against what the user may launch; return a LaunchChoice.
 
     ``available`` is the list from :func:`groups_for_user`. Missing keys take defaults:
     the first group, its first configuration, the configuration's default instance type
     (or the first one the group allows), the volume's default size. Anything else that
     is not allowed raises :class:`OptionsError` naming the field.
+
+    ``kept`` are the options a stopped server was launched with, when it is to be
+    resumed: missing keys take those values, and a different group, configuration or
+    volume size is refused (the server's disk would be lost).
     """
     if not available:
         raise OptionsError(
@@ -287,6 +295,16 @@ def resolve_options(user_options, available, configs):
             "user_options", unknown[0] if len(unknown) == 1 else unknown,
             f"unexpected key; allowed keys: {', '.join(USER_OPTION_KEYS)}",
         )  # fmt: skip
+
+    if kept:
+        for key in RESUME_FIXED:
+            if key in user_options and user_options[key] != kept.get(key):
+                raise OptionsError(
+                    key, user_options[key],
+                    f"your stopped server has {kept.get(key)!r} and changing it would lose "
+                    "its disk; keep it, or remove the server first",
+                )  # fmt: skip
+        user_options = {**kept, **user_options}
 
     by_name = {g.name: g for g in available}
     group_name = user_options.get("launch_group", available[0].name)

@@ -245,18 +245,20 @@ def options_from_query(query):
 
 
 def apply_options(spawner_like, user_options, *, groups, configs, default_group,
-                  user_group_names):  # fmt: skip
+                  user_group_names, kept=None):  # fmt: skip
     """Check ``user_options`` for one spawn; return the LaunchChoice or raise HTTP 400.
 
     ``groups`` is ``{name: LaunchGroup}``, ``configs`` ``{slug: SoftwareConfig}``,
     ``user_group_names`` the names of the user's JupyterHub groups, ``default_group`` the
-    launch group of users in none. The error is JupyterHub's ``SpawnException`` (an
-    ``HTTPError``, status 400, reason ``invalid-options``) whose message names the field,
-    the value and what is allowed. Nothing else is touched, so nothing is launched.
+    launch group of users in none, ``kept`` the options of a stopped server being
+    resumed (see :func:`~mliy_spawner.configs.resolve_options`). The error is
+    JupyterHub's ``SpawnException`` (an ``HTTPError``, status 400, reason
+    ``invalid-options``) whose message names the field, the value and what is allowed.
+    Nothing else is touched, so nothing is launched.
     """
     available = groups_for_user(groups, user_group_names, default_group)
     try:
-        return resolve_options(user_options, available, configs)
+        return resolve_options(user_options, available, configs, kept=kept)
     except OptionsError as e:
         message = f"Invalid server options: {e}"
         name = getattr(spawner_like, "_log_name", None) or getattr(spawner_like, "name", "")

@@ -530,28 +530,16 @@ class MLiySpawner(Spawner):
     def resolve_launch(self, user_options):
         """Check user options; return a LaunchChoice or raise HTTP 400 naming the field.
 
-        While a stopped server's stack is kept, its configuration, group and volume are
-        fixed (changing them would lose its disk); options left out keep their values.
-        Only the instance type may change on resume.
+        While a stopped server's stack is kept, its group, configuration and volume size
+        stay as launched (its disk comes with them); only the instance type may change.
         """
-        options = dict(user_options or {}) if isinstance(user_options, dict) else user_options
-        if self.stack_id and self.launch_options and isinstance(options, dict):
-            for key in ("launch_group", "software_config", "volume_size"):
-                kept = self.launch_options.get(key)
-                if key in options and options[key] != kept:
-                    raise web.HTTPError(
-                        400,
-                        f"{key}: {options[key]!r} differs from the stopped server's "
-                        f"{kept!r}, whose disk would be lost; choose {kept!r}, or remove "
-                        "the server first",
-                    )
-            options = {**self.launch_options, **options}
         return form.apply_options(
-            self, options,
+            self, user_options,
             groups=self.parsed_groups,
             configs=self.parsed_configs,
             default_group=self.default_launch_group,
             user_group_names=self._user_group_names(),
+            kept=self.launch_options if self.stack_id else None,
         )  # fmt: skip
 
     @staticmethod

@@ -5,9 +5,11 @@ import pytest
 from mliy_spawner.configs import (
     ConfigError,
     LaunchChoice,
+    OptionsError,
     groups_for_user,
     parse_launch_groups,
     parse_software_configs,
+    resolve_options,
 )
 
 
@@ -243,3 +245,49 @@ def test_launch_groups_must_be_a_dict(files):
     configs = parse_software_configs(good_configs(files))
     with pytest.raises(ConfigError, match=r"MLiySpawner.launch_groups: expected a dict"):
         parse_launch_groups(["students"], configs)
+
+
+def _resume_setup():
+    configs = parse_software_configs(
+        {
+            "py": {
+                "ami_id": "ami-12345678",
+                "instance_types": ["t2.micro", "t2.small"],
+                "volume": {"default_size": 10, "max_size": 50},
+                "template": __file__,
+                "user_data": __file__,
+            },
+            "r": {
+                "ami_id": "ami-12345678",
+                "instance_types": ["t2.micro"],
+                "template": __file__,
+                "user_data": __file__,
+            },
+        }
+    )
+    groups = parse_launch_groups(
+        {"g": {"security_group_ids": [], "software_configs": ["py", "r"]}}, configs
+    )
+    kept = {"launch_group": "g", "software_config": "py", "instance_type": "t2.micro",
+            "volume_size": 20}  # fmt: skip
+    return configs, list(groups.values()), kept
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [({"software_config": "r"}, "software_config"), ({"volume_size": 30}, "volume_size")],
+    ids=["other-config", "other-volume"],
+)
+def test_resume_refuses_what_would_lose_the_disk(options, field):
+    configs, groups, kept = _resume_setup()
+    with pytest.raises(OptionsError) as e:
+        resolve_options(options, groups, configs, kept=kept)
+    assert e.value.field == field
+    assert "would lose its disk" in str(e.value)
+
+
+def test_resume_keeps_launch_values_and_allows_another_type():
+    configs, groups, kept = _resume_setup()
+    assert resolve_options({}, groups, configs, kept=kept).as_user_options() == kept
+    choice = resolve_options({"instance_type": "t2.small"}, groups, configs, kept=kept)
+    assert (choice.instance_type, choice.volume_size) == ("t2.small", 20)

@@ -127,7 +127,8 @@ async def test_resume_changes_instance_type_but_not_config(aws_env, make_spawner
     with pytest.raises(web.HTTPError) as e:
         await spawner._run_apply_user_options(spawner.user_options)
     assert e.value.status_code == 400
-    assert "software_config" in e.value.log_message and "disk would be lost" in e.value.log_message
+    assert e.value.log_message.startswith("Invalid server options: software_config: 'small'")
+    assert "would lose its disk" in e.value.log_message
     assert aws_env.cfn.describe_stacks()["Stacks"] == stacks_before
 
 
