@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from . import aws
+from . import aws, stacks
 
 log = logging.getLogger("mliy.aws")
 
@@ -146,6 +146,29 @@ class Reflector:
                 if stack.status != "DELETE_COMPLETE":
                     return stack
         return None
+
+    def server_status(self, stack_id, instance_id, since):
+        """``poll()``'s answer from the cache: None (running, pending or unknown) or an exit code.
+
+        ``since`` is the monotonic time the stack was launched or resumed: a stack missing
+        from a view older than that may simply not be listed yet. A stale view answers
+        None: a server is never called stopped on a guess (batchspawner lost jobs so).
+        """
+        if self.last_success is None or self.age > self.stale_after:
+            return None
+        stack = self.stacks.get(stack_id)
+        if stack is None:
+            return 0 if self.fresh_since(since) else None
+        status = stacks.simplify_status(stack.status)
+        if status in (stacks.GONE, stacks.DELETING):
+            return 0
+        if status == stacks.FAILED:
+            return 1
+        instance = self.instances.get(instance_id) if instance_id else None
+        instance = instance or self.instance_for_stack(stack_id)
+        if instance is None:
+            return None if status == stacks.PENDING else 0
+        return None if instance.state in stacks.INSTANCE_UP else 0
 
     # ---- running ------------------------------------------------------------------
 

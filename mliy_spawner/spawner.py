@@ -924,6 +924,7 @@ class MLiySpawner(Spawner):
     # ---- poll, stop, delete ------------------------------------------------------------
 
     async def poll(self):
+        """Read from the shared view: None while the stack's instance runs (or is unknown)."""
         if not self.stack_id:
             return 0
         if self.reflector.last_success is None:
@@ -932,25 +933,9 @@ class MLiySpawner(Spawner):
                     await self.reflector.refresh()
             except TimeoutError:
                 return None
-        if self.reflector.age > self.reflector.stale_after:
-            return None  # no fresh view of AWS: never call a server stopped on a guess
-        stack = self.reflector.stacks.get(self.stack_id)
-        if stack is None:
-            # gone, unless the view predates the launch
-            return 0 if self.reflector.fresh_since(self._launched_at + 0.001) else None
-        status = stacks.simplify_status(stack.status)
-        if status in (stacks.GONE, stacks.DELETING):
-            return 0
-        if status == stacks.FAILED:
-            return 1
-        instance = (
-            self.reflector.instances.get(self.instance_id)
-            if self.instance_id
-            else self.reflector.instance_for_stack(self.stack_id)
+        return self.reflector.server_status(
+            self.stack_id, self.instance_id, self._launched_at + 0.001
         )
-        if instance is None:
-            return None if status == stacks.PENDING else 0
-        return None if instance.state in stacks.INSTANCE_UP else 0
 
     async def get_url(self):
         """The server's URL from the current address (after a hub restart, a resume)."""

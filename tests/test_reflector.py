@@ -1,0 +1,65 @@
+"""The reflector's cache answers poll() without AWS: a table of states."""
+
+import time
+
+import pytest
+
+from mliy_spawner.reflector import InstanceView, Reflector, StackView
+
+STACK = "arn:aws:cloudformation:us-east-1:123456789012:stack/mliy-alice-1/abc"
+
+
+def view(stack_status=None, instance_state=None, fresh=True, launched_later=False):
+    reflector = Reflector(None, None, "mliy")
+    now = time.monotonic()
+    reflector.last_success = now - (1000 if not fresh else 1)
+    if stack_status:
+        reflector.stacks[STACK] = StackView(
+            STACK, "mliy-alice-1", stack_status, None, {"InstanceId": "i-1"}, {}
+        )
+    if instance_state:
+        reflector.instances["i-1"] = InstanceView(
+            "i-1", instance_state, "10.0.0.5", "t2.micro", STACK, {}
+        )
+    since = now + 5 if launched_later else now - 100
+    return reflector, since
+
+
+@pytest.mark.parametrize(
+    "stack_status, instance_state, fresh, launched_later, expected",
+    [
+        ("CREATE_COMPLETE", "running", True, False, None),
+        ("CREATE_COMPLETE", "pending", True, False, None),
+        ("CREATE_IN_PROGRESS", None, True, False, None),
+        ("CREATE_COMPLETE", "stopped", True, False, 0),
+        ("CREATE_COMPLETE", "stopping", True, False, 0),
+        ("CREATE_COMPLETE", "terminated", True, False, 0),
+        ("CREATE_COMPLETE", None, True, False, 0),
+        ("ROLLBACK_COMPLETE", None, True, False, 1),
+        ("DELETE_IN_PROGRESS", "shutting-down", True, False, 0),
+        (None, None, True, False, 0),
+        (None, None, True, True, None),
+        ("CREATE_COMPLETE", "stopped", False, False, None),
+        (None, None, False, False, None),
+    ],
+    ids=["running", "pending", "stack-creating", "stopped", "stopping", "terminated",
+         "instance-gone", "rolled-back", "deleting", "stack-gone", "view-predates-launch",
+         "stale-stopped", "stale-gone"],
+)  # fmt: skip
+def test_server_status(stack_status, instance_state, fresh, launched_later, expected):
+    reflector, since = view(stack_status, instance_state, fresh, launched_later)
+    assert reflector.server_status(STACK, "i-1", since) == expected
+
+
+def test_no_view_yet_is_unknown():
+    assert Reflector(None, None, "mliy").server_status(STACK, "i-1", 0) is None
+
+
+def test_lookups_by_stack_and_server():
+    reflector, _ = view("CREATE_COMPLETE", "running")
+    reflector.stacks[STACK] = StackView(
+        STACK, "n", "CREATE_COMPLETE", None, {}, {"mliy:user": "alice", "mliy:server": "gpu"}
+    )
+    assert reflector.instance_for_stack(STACK).instance_id == "i-1"  # by the stack-id tag
+    assert reflector.stack_for_server("alice", "gpu").stack_id == STACK
+    assert reflector.stack_for_server("alice", "") is None
