@@ -14,14 +14,15 @@ Fixtures:
   on ``demo``, created through the REST API and added to the launch group ``group``.
 - ``screenshot_dir``: ``test-output/screenshots/`` (git-ignored), created.
 
-Every test here is marked ``e2e`` (the browser tests also ``browser``). When a test
-fails, the tails of the demo's, the hub's and the instances' logs are printed with it.
+Tests that run a demo stack are marked ``e2e`` (the browser tests also ``browser``);
+``test_runner.py`` tests the runner and the address hook alone, against ``mock_aws``.
+When a test fails, the tails of the demo's, the hub's and the instances' logs are
+printed with it.
 """
 
 import itertools
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 from demostack import REPO, DemoStack, still_running
@@ -104,10 +105,3 @@ def screenshot_dir():
     path = REPO / "test-output" / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def pytest_collection_modifyitems(items):
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(item.fspath).parents:
-            item.add_marker(pytest.mark.e2e)

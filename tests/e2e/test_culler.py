@@ -1,0 +1,27 @@
+"""jupyterhub-idle-culler, run by the demo's hub as a service with its documented scopes,
+stops an idle server: the instance is stopped, not terminated, and its stack stays."""
+
+import pytest
+from demostack import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_idle_culler_stops_the_instance(start_demo):
+    demo = start_demo({"MLIY_DEMO_CULL_TIMEOUT": "6", "MLIY_DEMO_CULL_EVERY": "2"})
+    user = demo.create_user("idle", group="students")
+    r = demo.api("POST", f"/users/{user}/servers/nap", data="")
+    assert r.status_code in (201, 202), r.text
+    demo.wait_ready(user, "nap")
+    [stack] = demo.stacks(user, "nap")
+    instance_id = demo.instance_of(stack["StackId"])["InstanceId"]
+
+    demo.wait_stopped(user, "nap", timeout=90)
+    hub_log = (demo.data_dir / "logs" / "jupyterhub.log").read_text()
+    assert f"Culling server {user}/nap" in hub_log
+    wait_for(
+        lambda: demo.instance_of(stack["StackId"])["State"]["Name"] == "stopped",
+        "the culled server's instance to stop",
+    )
+    assert demo.stack_status(stack["StackId"]) == "CREATE_COMPLETE"
+    wait_for(lambda: instance_id not in demo.addresses(), "the runner to stop the server")
