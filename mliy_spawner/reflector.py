@@ -138,15 +138,6 @@ class Reflector:
                 return inst
         return None
 
-    def stack_for_server(self, user_name, server_name):
-        """A live stack of this hub tagged for ``user_name``'s ``server_name``, or None."""
-        for stack in self.stacks.values():
-            tags = stack.tags
-            if tags.get("mliy:user") == user_name and tags.get("mliy:server", "") == server_name:
-                if stack.status != "DELETE_COMPLETE":
-                    return stack
-        return None
-
     def server_status(self, stack_id, instance_id, since):
         """``poll()``'s answer from the cache: None (running, pending or unknown) or an exit code.
 

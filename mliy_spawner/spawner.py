@@ -16,7 +16,6 @@ Lifecycle:
 """
 
 import asyncio
-import re
 import time
 import uuid
 from pathlib import Path
@@ -72,12 +71,6 @@ def _spawn_error(message, reason, status_code=500):
     if SpawnException is not None:
         return SpawnException(message, reason=reason, status_code=status_code)
     return web.HTTPError(status_code, message)
-
-
-def unix_user_name(name):
-    """A POSIX login name for the notebook user on the instance (``[a-z_][a-z0-9_-]*``)."""
-    cleaned = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:32] or "jovyan"
-    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else f"u{cleaned}"[:32]
 
 
 class MLiySpawner(Spawner):
@@ -626,18 +619,14 @@ class MLiySpawner(Spawner):
         return ""
 
     def _instance_env(self, choice):
-        env = self.get_env()
         volume = choice.config.volume
-        env.update(
-            {
-                "MLIY_SERVICE_URL": self._service_url(),
-                "MLIY_NOTEBOOK_PORT": str(self.notebook_port),
-                "MLIY_NOTEBOOK_USER": unix_user_name(self.user.name),
-                "MLIY_VOLUME_DEVICE": volume.device if volume else "",
-                "MLIY_VOLUME_MOUNT": "/home",
-            }
+        return userdata.instance_environment(
+            self.get_env(),
+            service_url=self._service_url(),
+            notebook_port=self.notebook_port,
+            user_name=self.user.name,
+            volume_device=volume.device if volume else "",
         )
-        return env
 
     async def _render_user_data(self, choice):
         script = await asyncio.to_thread(Path(choice.config.user_data).read_text)

@@ -206,3 +206,26 @@ def user_data_parameters(text):
         )
     parts += [""] * (len(USER_DATA_PARAMETERS) - len(parts))
     return dict(zip(USER_DATA_PARAMETERS, parts, strict=True))
+
+
+def unix_user_name(name):
+    """A POSIX login name for the notebook user on the instance (``[a-z_][a-z0-9_-]*``)."""
+    cleaned = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:32] or "jovyan"
+    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else f"u{cleaned}"[:32]
+
+
+def instance_environment(hub_env, *, service_url, notebook_port, user_name, volume_device):
+    """The environment an instance gets: the spawner's ``get_env()`` plus the MLIY_* values
+    the bootstrap script reads (see the header of userdata/mliy-bootstrap.sh)."""
+    env = dict(hub_env)
+    env.update(
+        {
+            "MLIY_SERVICE_URL": service_url,
+            "MLIY_NOTEBOOK_PORT": str(notebook_port),
+            "MLIY_NOTEBOOK_USER": unix_user_name(user_name),
+            "MLIY_VOLUME_DEVICE": volume_device or "",
+            "MLIY_VOLUME_MOUNT": "/home",
+        }
+    )
+    return env
+

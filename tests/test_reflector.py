@@ -55,11 +55,7 @@ def test_no_view_yet_is_unknown():
     assert Reflector(None, None, "mliy").server_status(STACK, "i-1", 0) is None
 
 
-def test_lookups_by_stack_and_server():
-    reflector, _ = view("CREATE_COMPLETE", "running")
-    reflector.stacks[STACK] = StackView(
-        STACK, "n", "CREATE_COMPLETE", None, {}, {"mliy:user": "alice", "mliy:server": "gpu"}
-    )
-    assert reflector.instance_for_stack(STACK).instance_id == "i-1"  # by the stack-id tag
-    assert reflector.stack_for_server("alice", "gpu").stack_id == STACK
-    assert reflector.stack_for_server("alice", "") is None
+def test_instance_found_by_stack_tag_when_outputs_are_not_there_yet():
+    reflector, _ = view(None, "pending")
+    reflector.stacks[STACK] = StackView(STACK, "n", "CREATE_IN_PROGRESS", None, {}, {})
+    assert reflector.instance_for_stack(STACK).instance_id == "i-1"

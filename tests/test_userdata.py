@@ -260,3 +260,42 @@ def test_building_logs_nothing(caplog):
     with pytest.raises(UserDataError):
         build_user_data("{{{missing}}}", {}, {}, {"JUPYTERHUB_API_TOKEN": "s3cr3t"})
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("alice", "alice"),
+        ("Alice.Smith@example.com", "alice_smith_example_com"),
+        ("1337", "u1337"),
+        ("../../etc/passwd", "etc_passwd"),
+        ("root; rm -rf /", "root_rm_-rf"),
+        ("é" * 5, "jovyan"),
+        ("x" * 300, "x" * 32),
+    ],
+    ids=["plain", "email", "digits", "traversal", "shell", "unicode-only", "long"],
+)
+def test_unix_user_name(name, expected):
+    import re
+
+    from mliy_spawner.userdata import unix_user_name
+
+    assert unix_user_name(name) == expected
+    assert re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", expected)
+
+
+def test_instance_environment_adds_bootstrap_values():
+    from mliy_spawner.userdata import instance_environment
+
+    env = instance_environment(
+        {"JUPYTERHUB_API_TOKEN": "t"}, service_url="http://hub/services/mliy/",
+        notebook_port=8888, user_name="Bob", volume_device="/dev/sdf",
+    )  # fmt: skip
+    assert env == {
+        "JUPYTERHUB_API_TOKEN": "t",
+        "MLIY_SERVICE_URL": "http://hub/services/mliy/",
+        "MLIY_NOTEBOOK_PORT": "8888",
+        "MLIY_NOTEBOOK_USER": "bob",
+        "MLIY_VOLUME_DEVICE": "/dev/sdf",
+        "MLIY_VOLUME_MOUNT": "/home",
+    }

@@ -10,11 +10,16 @@ from .app import Settings, make_app
 
 log = logging.getLogger("mliy.service")
 
+#: The largest request body accepted (bytes). Tornado reads a body before any handler
+#: runs, so without this anyone who can reach the service could make it buffer 100 MB
+#: (tornado's default) per request; a progress report is well under 1 KB.
+MAX_BODY_SIZE = 64 * 1024
+
 
 async def serve(settings):
     app = make_app(settings)
     host, port = settings.listen
-    server = app.listen(port, address=host, xheaders=True)
+    server = app.listen(port, address=host, xheaders=True, max_body_size=MAX_BODY_SIZE)
     log.info("mliy service listening on %s:%s under %s", host, port, settings.prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
