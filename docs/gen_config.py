@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CLASSES = [
-    ("mliy_spawner.spawner", "MLiySpawner", "JupyterHub.spawner_class = \"mliy\""),
-    ("mliy_spawner.auth", "MLiyAuthenticator", "JupyterHub.authenticator_class = \"mliy\""),
+    ("mliy_spawner.spawner", "MLiySpawner", 'JupyterHub.spawner_class = "mliy"'),
+    ("mliy_spawner.auth", "MLiyAuthenticator", 'JupyterHub.authenticator_class = "mliy"'),
 ]
 
 HEADER = """# Configuration reference

@@ -228,4 +228,3 @@ def instance_environment(hub_env, *, service_url, notebook_port, user_name, volu
         }
     )
     return env
-
