@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from servicehub import free_port, start_hub
 
 from mliy_spawner.service import SERVICE_SCOPES, configure_service
+from mliy_spawner.service.__main__ import MAX_BODY_SIZE
 from mliy_spawner.service.actions import refusal
 from mliy_spawner.service.app import Settings, parse_log_levels
 from mliy_spawner.service.ratelimit import RateLimiter
@@ -451,6 +452,20 @@ def test_token_in_url_is_not_accepted(hub):
         "POST", f"api/progress/{instance_id}?token={token}", json={"step": "x", "percent": 1}
     )
     assert r.status_code == 401
+
+
+def test_oversized_body_is_refused_before_any_handler(hub, store):
+    _user(hub, "big")
+    instance_id, token = _server(hub, "big")
+    before = store.progress(instance_id)
+    padding = " " * MAX_BODY_SIZE  # valid JSON, just too large
+    body = '{"step": "x", "percent": 1}' + padding
+    r = _report(hub, instance_id, token, body.encode())
+    assert r.status_code == 400, r.text
+    assert store.progress(instance_id) == before
+    # the service is still there, and a body under the limit passes
+    r = _report(hub, instance_id, token, ('{"step": "ok", "percent": 2}' + " " * 1000).encode())
+    assert r.status_code == 200, r.text
 
 
 def test_unknown_instance_is_400(hub):
