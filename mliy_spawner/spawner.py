@@ -418,10 +418,12 @@ class MLiySpawner(Spawner):
         return form.options_from_query(query_data)
 
     @staticmethod
-    def _render_options_form(spawner):
+    async def _render_options_form(spawner):
+        # the price catalog may (re)load its file: keep that off the event loop
         catalog = pricing.get_catalog(spawner.pricing_file or None)
         saved = spawner.user_options or spawner.launch_options or {}
-        return form.render_form(
+        return await asyncio.to_thread(
+            form.render_form,
             user_name=spawner.user.name,
             available_groups=spawner.available_groups(),
             configs=spawner.parsed_configs,
@@ -484,7 +486,7 @@ class MLiySpawner(Spawner):
 
     def _forget_stack(self):
         self.stack_id = self.stack_name = self.instance_id = None
-        self.stack_region = self.launch_options = None
+        self.stack_region = self.launch_options = self.dns_ip = None
         self.delete_pending = False
 
     # ---- options ---------------------------------------------------------------------
