@@ -191,8 +191,15 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
             )
         params = _take(entry, "params", where, dict, required=False, default={})
         for token, value in params.items():
-            if not isinstance(token, str) or not isinstance(value, str | int | float):
-                raise ConfigError(f"{where}.params[{token!r}]: values must be strings")
+            if (
+                not isinstance(token, str)
+                or isinstance(value, bool)
+                or not isinstance(value, str | int | float)
+            ):
+                raise ConfigError(
+                    f"{where}.params[{token!r}]: {value!r} is not allowed; values must be "
+                    "strings or numbers"
+                )
         volume = entry.get("volume")
         configs[slug] = SoftwareConfig(
             slug=slug,

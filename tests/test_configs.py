@@ -158,6 +158,8 @@ BAD_CONFIGS = [
      "['cpu'].default_instance_type: 'p2.xlarge' is not in instance_types"),
     ("params-not-dict", _set(("cpu", "params"), ["a"]), "['cpu'].params: expected dict"),
     ("params-value-list", _set(("cpu", "params"), {"Token": ["x"]}), "['cpu'].params['Token']"),
+    ("params-value-bool", _set(("cpu", "params"), {"Flag": True}),
+     "['cpu'].params['Flag']: True is not allowed; values must be strings or numbers"),
     ("display-name-not-string", _set(("cpu", "display_name"), 5), "['cpu'].display_name"),
     ("template-missing", _set(("cpu", "template"), "/nonexistent/stack.yaml"),
      "['cpu'].template: cannot read '/nonexistent/stack.yaml'"),
