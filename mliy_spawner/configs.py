@@ -239,11 +239,17 @@ def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
                 f"{where}.software_configs: unknown {unknown}; defined: {sorted(configs)}"
             )
         excluded = frozenset(_string_list(entry, "excluded_instance_types", where, required=False))
+        security_groups = _string_list(entry, "security_group_ids", where, _SG)
+        if not security_groups:
+            # the template's CommaDelimitedList would pass [""], an invalid id, to EC2
+            raise ConfigError(
+                f"{where}.security_group_ids: must list at least one security group id"
+            )
         group = LaunchGroup(
             name=name,
             key_name=_take(entry, "key_name", where, required=False, default=""),
             instance_profile=_take(entry, "instance_profile", where, required=False, default=""),
-            security_group_ids=_string_list(entry, "security_group_ids", where, _SG),
+            security_group_ids=security_groups,
             software_configs=slugs,
             excluded_instance_types=excluded,
         )

@@ -220,6 +220,8 @@ BAD_GROUPS = [
      "['students'].software_configs: expected list/tuple"),
     ("missing-security-groups", _drop(("students", "security_group_ids")),
      "['students']: missing required key 'security_group_ids'"),
+    ("no-security-groups", _set(("students", "security_group_ids"), []),
+     "['students'].security_group_ids: must list at least one security group id"),
     ("bad-security-group", _set(("students", "security_group_ids"), ["default"]),
      "['students'].security_group_ids: invalid entry 'default'"),
     ("excludes-every-type", _set(("data-science", "excluded_instance_types"), ["p2.xlarge"]),
@@ -268,7 +270,7 @@ def _resume_setup():
         }
     )
     groups = parse_launch_groups(
-        {"g": {"security_group_ids": [], "software_configs": ["py", "r"]}}, configs
+        {"g": {"security_group_ids": ["sg-12345678"], "software_configs": ["py", "r"]}}, configs
     )
     kept = {"launch_group": "g", "software_config": "py", "instance_type": "t2.micro",
             "volume_size": 20}  # fmt: skip
