@@ -35,7 +35,7 @@ from markupsafe import Markup
 from .configs import USER_OPTION_KEYS, OptionsError, groups_for_user, resolve_options
 from .pricing import PricingError
 
-log = logging.getLogger("mliy.form")
+log = logging.getLogger("mliy.launch.form")  # mliy.launch's level and file apply
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 

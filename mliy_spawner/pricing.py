@@ -9,7 +9,7 @@ The file is a JSON array with one record per instance type (``instance_type``, `
   once into dicts, so every lookup is one dict access. At most once per ``check_interval``
   seconds a lookup calls ``os.stat``; when the file's inode, mtime or size changed, it
   reloads (an admin replaces the file without restarting the hub). A reload that fails is
-  logged on ``mliy.pricing`` once per change of the file, and the previous catalog stays in
+  logged on ``mliy.launch.pricing`` once per change of the file, and the previous catalog stays in
   use; a failed first load raises :class:`PricingError`. The reload runs in the lookup that
   notices the change (about 20 ms for the shipped file), so it is thread-safe but synchronous.
 - Price values: absent, JSON ``null``, ``""`` and ``"N/A"`` (any case, surrounding blanks
@@ -43,7 +43,8 @@ from pathlib import Path
 
 from .assets import asset_path
 
-log = logging.getLogger("mliy.pricing")
+# under mliy.launch: its level and its launch.log (mliy_spawner.logs) apply
+log = logging.getLogger("mliy.launch.pricing")
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_OS = "linux"

@@ -491,7 +491,7 @@ FAILED_RELOADS = [
 
 @pytest.mark.parametrize("content, message", FAILED_RELOADS)
 def test_failed_reload_keeps_the_old_catalog(catalog_file, caplog, content, message):
-    caplog.set_level(logging.INFO, logger="mliy.pricing")
+    caplog.set_level(logging.INFO, logger="mliy.launch.pricing")
     catalog = PriceCatalog(catalog_file, check_interval=0)
     assert catalog.price("t9.test") == Decimal("0.50")
     if content is None:
@@ -505,7 +505,7 @@ def test_failed_reload_keeps_the_old_catalog(catalog_file, caplog, content, mess
         assert catalog.instance_types() == ["t9.test"]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, "logged once per change, not on every lookup"
-    assert errors[0].name == "mliy.pricing"
+    assert errors[0].name == "mliy.launch.pricing"
     assert "Keeping the previous pricing catalog" in errors[0].getMessage()
     assert message in errors[0].getMessage()
     assert str(catalog_file) in errors[0].getMessage()
@@ -514,6 +514,22 @@ def test_failed_reload_keeps_the_old_catalog(catalog_file, caplog, content, mess
     bump_mtime(catalog_file, seconds=10)
     assert catalog.price("t9.test") == Decimal("0.80")
     assert "Reloaded 1 instance types" in caplog.records[-1].getMessage()
+
+
+def test_failed_reload_reaches_the_launch_log_file(catalog_file, tmp_path):
+    from mliy_spawner.logs import configure_logging
+
+    catalog = PriceCatalog(catalog_file, check_interval=0)
+    assert catalog.price("t9.test") == Decimal("0.50")
+    configure_logging(log_dir=tmp_path / "logs")
+    try:
+        write(catalog_file, b"[{")
+        bump_mtime(catalog_file)
+        assert catalog.price("t9.test") == Decimal("0.50")
+    finally:
+        configure_logging()  # drop the file handlers again
+    text = (tmp_path / "logs" / "launch.log").read_text()
+    assert "ERROR mliy.launch.pricing: Keeping the previous pricing catalog" in text
 
 
 def test_failed_first_load_raises_then_recovers(catalog_file):
