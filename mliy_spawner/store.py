@@ -33,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     update,
@@ -45,6 +46,10 @@ log = logging.getLogger("mliy.service")
 
 #: The longest progress step text accepted (characters).
 MAX_STEP_LENGTH = 200
+#: The most progress steps kept for one instance. A boot reports about ten; without a cap
+#: an instance could add rows at the service's rate limit forever and fill the disk the
+#: hub's own database lives on.
+MAX_STEPS_PER_INSTANCE = 1000
 #: The file name of the default SQLite store.
 DEFAULT_FILENAME = "mliy.sqlite"
 # How long a SQLite writer waits for another process's lock before giving up.
@@ -188,6 +193,10 @@ def _make_engine(url):
     return engine
 
 
+class ProgressLimitError(ValueError):
+    """An instance has already reported :data:`MAX_STEPS_PER_INSTANCE` steps."""
+
+
 class Store:
     """Instance ownership and progress steps, in any SQLAlchemy database.
 
@@ -195,8 +204,9 @@ class Store:
     code call it through ``run_in_executor``/``asyncio.to_thread``.
     """
 
-    def __init__(self, url):
+    def __init__(self, url, max_steps=MAX_STEPS_PER_INSTANCE):
         self.url = str(url)
+        self.max_steps = max_steps
         self._engine = _make_engine(self.url)
         self._ready = False
         self._lock = threading.Lock()
@@ -320,11 +330,23 @@ class Store:
         """Append a step reported by ``instance_id``; returns the :class:`ProgressRecord`.
 
         The values are checked by the caller (the service answers 400 for bad ones);
-        here only what would corrupt the table is refused.
+        here only what would corrupt or flood the table is refused: a step over
+        :data:`MAX_STEP_LENGTH` (ValueError), a step beyond ``max_steps`` for the instance
+        (:class:`ProgressLimitError`).
         """
         if len(step) > MAX_STEP_LENGTH:
             raise ValueError(f"step is {len(step)} characters; at most {MAX_STEP_LENGTH}")
         with self._write() as conn, conn.begin():
+            count = conn.execute(
+                select(func.count())
+                .select_from(progress)
+                .where(progress.c.instance_id == instance_id)
+            ).scalar_one()
+            if count >= self.max_steps:
+                raise ProgressLimitError(
+                    f"instance {instance_id!r} has reported {count} steps; at most "
+                    f"{self.max_steps} are kept"
+                )
             now = _now()
             result = conn.execute(
                 insert(progress).values(

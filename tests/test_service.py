@@ -23,7 +23,7 @@ from mliy_spawner.service.actions import refusal
 from mliy_spawner.service.app import Settings, parse_log_levels
 from mliy_spawner.service.ratelimit import RateLimiter
 from mliy_spawner.service.validation import ReportError, parse_json_report, parse_mliy_report
-from mliy_spawner.store import InstanceRecord, Store
+from mliy_spawner.store import MAX_STEPS_PER_INSTANCE, InstanceRecord, Store
 
 # ---- bad progress values: (id, JSON body bytes, words the 400 message must hold) ----------
 
@@ -526,6 +526,16 @@ def test_rate_limit_answers_429(hub, store):
     assert "at most 10 per second" in refused.json()["message"]
     time.sleep(0.3)
     assert _report(hub, instance_id, token, {"step": "later", "percent": 2}).status_code == 200
+
+
+def test_steps_beyond_the_cap_answer_429(hub, store):
+    token, instance_id = _recorded_instance(hub, store, "val", "flood")
+    for n in range(MAX_STEPS_PER_INSTANCE):
+        store.add_progress(instance_id, f"s{n}", 1, False)
+    r = _report(hub, instance_id, token, {"step": "one more", "percent": 2})
+    assert r.status_code == 429, r.text
+    assert f"at most {MAX_STEPS_PER_INSTANCE} are kept" in r.json()["message"]
+    assert len(store.progress(instance_id)) == MAX_STEPS_PER_INSTANCE
 
 
 def test_state_changes_only_by_post(hub):

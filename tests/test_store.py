@@ -9,7 +9,9 @@ import pytest
 from mliy_spawner.store import (
     DEFAULT_FILENAME,
     MAX_STEP_LENGTH,
+    MAX_STEPS_PER_INSTANCE,
     InstanceRecord,
+    ProgressLimitError,
     Store,
     default_store_url,
 )
@@ -102,6 +104,20 @@ def test_step_longer_than_limit_is_refused(store):
     store.add_progress("i-1", "x" * MAX_STEP_LENGTH, 1, False)
     with pytest.raises(ValueError, match="at most 200"):
         store.add_progress("i-1", "x" * (MAX_STEP_LENGTH + 1), 1, False)
+
+
+def test_steps_per_instance_are_capped(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'capped.sqlite'}", max_steps=3)
+    try:
+        for n in range(3):
+            store.add_progress("i-1", f"step {n}", n, False)
+        with pytest.raises(ProgressLimitError, match="'i-1' has reported 3 steps; at most 3"):
+            store.add_progress("i-1", "one too many", 99, False)
+        assert [r.step for r in store.progress("i-1")] == ["step 0", "step 1", "step 2"]
+        store.add_progress("i-2", "another instance has its own count", 1, False)
+    finally:
+        store.close()
+    assert Store("sqlite://").max_steps == MAX_STEPS_PER_INSTANCE
 
 
 def test_unicode_step_round_trips(store):

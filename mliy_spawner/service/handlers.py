@@ -17,6 +17,7 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
+from ..store import ProgressLimitError
 from .actions import ACTIONS, ActionError, refusal
 from .validation import ReportError, parse_json_report, parse_mliy_report, show
 
@@ -149,13 +150,16 @@ class ProgressHandler(BaseHandler):
         return record
 
     async def save(self, record, report):
-        saved = await self.blocking(
-            self.context.store.add_progress,
-            record.instance_id,
-            report.step,
-            report.percent,
-            report.failed,
-        )
+        try:
+            saved = await self.blocking(
+                self.context.store.add_progress,
+                record.instance_id,
+                report.step,
+                report.percent,
+                report.failed,
+            )
+        except ProgressLimitError as e:
+            raise APIError(429, str(e)) from None
         log.info(
             "progress of %s (%s): %d%% %r%s",
             record.instance_id,
