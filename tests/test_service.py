@@ -246,6 +246,15 @@ def test_configure_service_points_the_spawner_at_the_same_store():
     assert service["environment"]["MLIY_STORE_URL"] == "sqlite:////srv/hub/mliy.sqlite"
 
 
+def test_configure_service_uses_the_spawners_store_when_configured():
+    c = _config()
+    c.JupyterHub.db_url = "sqlite:////srv/hub/jupyterhub.sqlite"
+    c.MLiySpawner.store_url = "sqlite:////data/mliy/store.sqlite"
+    service = configure_service(c, port=18129)
+    assert service["environment"]["MLIY_STORE_URL"] == "sqlite:////data/mliy/store.sqlite"
+    assert c.MLiySpawner.store_url == "sqlite:////data/mliy/store.sqlite"
+
+
 def test_configure_service_keeps_a_store_password_out_of_the_config():
     c = _config()
     url = "postgresql://mliy:pa55word@db.example.com/mliy"

@@ -88,8 +88,8 @@ def configure_service(
     - ``store_url``: SQLAlchemy URL of the store shared with the spawner, also set as
       ``c.MLiySpawner.store_url`` unless that is set already or the URL holds a password
       (then set ``MLIY_STORE_URL`` in the hub's environment) (default:
-      ``mliy.sqlite`` next to ``c.JupyterHub.db_url``'s SQLite file; set ``db_url``
-      before calling this).
+      ``c.MLiySpawner.store_url`` when set, else ``mliy.sqlite`` next to
+      ``c.JupyterHub.db_url``'s SQLite file; set ``db_url`` before calling this).
     - ``log_dir``, ``log_levels``: see :func:`mliy_spawner.logs.configure_logging`.
     - ``aws_endpoint_url``: a CloudFormation stand-in (moto) instead of AWS.
     - ``environment``: more environment variables for the service process.
@@ -105,7 +105,10 @@ def configure_service(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port is {port!r}; allowed: an integer from 1 to 65535")
     if store_url is None:
-        store_url = default_store_url(_get(c.JupyterHub, "db_url", "sqlite:///jupyterhub.sqlite"))
+        # the spawner's store, when the config names one: both must use the same tables
+        store_url = _get(c.MLiySpawner, "store_url") or default_store_url(
+            _get(c.JupyterHub, "db_url", "sqlite:///jupyterhub.sqlite")
+        )
     # The spawner writes ownership to the same store the service reads. A URL with a
     # password stays out of the config: give the hub MLIY_STORE_URL in its environment.
     if "store_url" not in c.MLiySpawner and not make_url(str(store_url)).password:
