@@ -119,10 +119,13 @@ if DEMO_SETTINGS:
     cull = {"timeout": demo["cull_timeout"], "every": demo["cull_every"]}
 
     # Scripts can drive the hub API with this token (`MLIY_DEMO_ADMIN_TOKEN=... make demo`).
+    # (JupyterHub then warns that admin_users and the admin role are both configured:
+    # the shared-password login needs admin_users, the service needs the role.)
     if os.environ.get("MLIY_DEMO_ADMIN_TOKEN"):
         c.JupyterHub.services = [
-            {"name": "demo-admin", "api_token": os.environ["MLIY_DEMO_ADMIN_TOKEN"], "admin": True}
+            {"name": "demo-admin", "api_token": os.environ["MLIY_DEMO_ADMIN_TOKEN"]}
         ]
+        c.JupyterHub.load_roles = [{"name": "admin", "services": ["demo-admin"]}]
 else:
     # ---- Real AWS: fill in, then remove the `raise` below ---------------------------
     # The hub's public address; instances report their progress to <public_url>/services/mliy/.
