@@ -470,7 +470,9 @@ def test_oversized_body_is_refused_before_any_handler(hub, store):
     padding = " " * MAX_BODY_SIZE  # valid JSON, just too large
     body = '{"step": "x", "percent": 1}' + padding
     r = _report(hub, instance_id, token, body.encode())
-    assert r.status_code == 400, r.text
+    # tornado answers 400 and closes; the proxy passes that on, or answers 503 when the
+    # close cut it off while it was still sending the body
+    assert r.status_code in (400, 503), r.text
     assert store.progress(instance_id) == before
     # the service is still there, and a body under the limit passes
     r = _report(hub, instance_id, token, ('{"step": "ok", "percent": 2}' + " " * 1000).encode())
