@@ -157,7 +157,8 @@ class InstanceActions:
             )
         from botocore.exceptions import BotoCoreError, ClientError
 
-        client = self._cloudformation(record.region)
+        # building a client loads botocore's service models from disk: not on the loop
+        client = await aws.run_in_executor(self._cloudformation, record.region)
         try:
             await aws.run_in_executor(client.delete_stack, StackName=record.stack_id)
         except ClientError as e:
