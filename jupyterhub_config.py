@@ -103,6 +103,8 @@ if DEMO_SETTINGS:
             "excluded_instance_types": ["t2.medium"],
         },
     }
+    # One Route 53 record per server, in the seeded zone (MLiy's DNS plugin).
+    c.MLiySpawner.dns_plugin_folder = str(data / "plugins")
     # Instances are local processes: connect where the demo's runner serves them.
     c.MLiySpawner.connect_address_hook = local_address_hook(data / "addresses.json")
     c.MLiySpawner.wait_backoff_start = 0.5

@@ -16,7 +16,8 @@ running. SIGHUP restarts only the hub (servers keep running), e.g. after editing
 
 Everything the demo writes goes to ``MLIY_DEMO_DIR`` (default ``./demo-data``): the
 hub's database, cookie secret, ``credentials.json``, ``demo.json``, ``aws.json``,
-``addresses.json``, ``instances/<id>/`` (sandboxes) and ``logs/``. AWS state lives in
+``addresses.json``, ``plugins/`` (the Route 53 DNS plugin, set to the seeded zone),
+``instances/<id>/`` (sandboxes) and ``logs/``. AWS state lives in
 moto's memory, so every run starts from a fresh hub database; the passwords and the
 cookie secret are kept.
 
@@ -44,6 +45,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..assets import asset_path
 from ..aws import make_client
 from . import aws as demo_aws
 from .runner import InstanceRunner, free_port, stop_leftovers, write_json_atomic
@@ -60,6 +62,7 @@ _STALE = (
     "addresses.json",
     "instances",
     "logs",
+    "plugins",
 )
 USERS = (("alice", "analysts"), ("bob", "students"), ("admin", "analysts, hub admin"))
 
@@ -191,6 +194,23 @@ def load_credentials(data_dir, env):
         raise DemoError("MLIY_DEMO_PASSWORD and MLIY_DEMO_ADMIN_PASSWORD must differ")
     write_json_atomic(path, credentials, mode=0o600)
     return credentials
+
+
+def write_dns_plugin(data_dir, seed):
+    """A plugin folder with the shipped Route 53 plugin, set to the seeded zone on moto."""
+    folder = data_dir / "plugins"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(asset_path("plugins", "route53.py"), folder / "route53.py")
+    settings = {
+        "ROUTE53_ZONE_NAME": seed.dns_zone.rstrip("."),
+        "ROUTE53_ZONE_ID": seed.hosted_zone_id,
+        "ROUTE53_REGION": seed.region,
+        "ROUTE53_ENDPOINT_URL": seed.endpoint_url,
+    }
+    lines = ['"""Settings of the demo\'s DNS plugin (written by python -m mliy_spawner.demo)."""']
+    lines += [f"{name} = {value!r}" for name, value in settings.items()]
+    (folder / "plugin_settings.py").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 # ---- the hub process ---------------------------------------------------------------------
@@ -387,6 +407,7 @@ def run(settings, env):
             stack.callback(_quietly, "the AWS stand-in", moto.stop)
             seed = demo_aws.seed_account(aws_url)
             write_json_atomic(data / "aws.json", seed.as_dict())
+            write_dns_plugin(data, seed)
 
             runner = InstanceRunner(
                 make_client("ec2", seed.region, aws_url),

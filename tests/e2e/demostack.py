@@ -255,6 +255,17 @@ class DemoStack:
         assert len(instances) == 1, instances
         return instances[0]
 
+    def dns_records(self):
+        """{name: [values]} of the A records in the seeded Route 53 zone."""
+        zone_id = json.loads((self.data_dir / "aws.json").read_text())["hosted_zone_id"]
+        route53 = self.client("route53")
+        records = route53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+        return {
+            r["Name"]: [v["Value"] for v in r.get("ResourceRecords", ())]
+            for r in records
+            if r["Type"] == "A"
+        }
+
     def addresses(self):
         try:
             return json.loads((self.data_dir / "addresses.json").read_text())

@@ -79,6 +79,8 @@ def test_launch_progress_stop_resume_remove(demo, new_user):
     host, port = demo.addresses()[instance_id].split(":")
     assert host == "127.0.0.1"
     assert instance["PrivateIpAddress"].startswith("10.")
+    # the DNS plugin (Route 53, on moto) named the instance's private address
+    assert [instance["PrivateIpAddress"]] in demo.dns_records().values()
 
     r = demo.notebook_status(user, "lab", token)
     assert r.status_code == 200, r.text
@@ -92,6 +94,7 @@ def test_launch_progress_stop_resume_remove(demo, new_user):
     assert demo.stack_status(stack["StackId"]) == "CREATE_COMPLETE"
     wait_for(lambda: instance_id not in demo.addresses(), "the runner to stop the server")
     assert demo.notebook_status(user, "lab", token).status_code != 200
+    assert [instance["PrivateIpAddress"]] not in demo.dns_records().values()
 
     # start again with an empty body: the same instance runs again, same options
     r = demo.api("POST", f"/users/{user}/servers/lab", data="")
@@ -102,6 +105,8 @@ def test_launch_progress_stop_resume_remove(demo, new_user):
     assert demo.addresses()[instance_id] == f"127.0.0.1:{port}"
     r = demo.notebook_status(user, "lab", token)
     assert r.status_code == 200, r.text
+    ip = demo.instance_of(stack["StackId"])["PrivateIpAddress"]
+    assert [ip] in demo.dns_records().values()
 
     # remove the named server: the stack is deleted, the instance terminated
     r = demo.api("DELETE", f"/users/{user}/servers/lab", json={"remove": True})
@@ -112,6 +117,7 @@ def test_launch_progress_stop_resume_remove(demo, new_user):
     )
     wait_instance_state(demo, instance_id, "terminated")
     wait_for(lambda: demo.server_model(user, "lab") is None, "the server to be removed")
+    assert [ip] not in demo.dns_records().values()
     wait_for(
         lambda: not (demo.data_dir / "instances" / instance_id).exists(),
         "the runner to remove the sandbox",
