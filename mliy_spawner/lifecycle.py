@@ -336,6 +336,11 @@ class StackLifecycle:
             self.log.error("Deleting stack %s failed (%s); will retry", self.stack_name, e)
             self.delete_pending = True
             return
+        if self.instance_id:
+            try:  # the service no longer needs to know whose instance it was
+                await aws.run_in_executor(self.store.forget_instance, self.instance_id)
+            except Exception as e:
+                self.log.warning("Forgetting instance %s: %s", self.instance_id, e)
         self._forget_stack()
 
     async def _address(self, instance):

@@ -38,18 +38,9 @@ from traitlets import (
 from . import aws, boot, configs, form, logs, plugins, pricing, stacks
 from .lifecycle import LaunchFailed, StackLifecycle, spawn_error
 from .reflector import Reflector, shared_reflector
-from .store import Store, store_url_from_env
+from .store import shared_store, store_url_from_env
 
 STATE_VERSION = 1
-
-_stores = {}
-
-
-def shared_store(url):
-    """One Store (one engine and connection pool) per URL for all spawners of the hub."""
-    if url not in _stores:
-        _stores[url] = Store(url)
-    return _stores[url]
 
 
 class MLiySpawner(StackLifecycle, Spawner):

@@ -208,10 +208,27 @@ def user_data_parameters(text):
     return dict(zip(USER_DATA_PARAMETERS, parts, strict=True))
 
 
+#: Accounts an AMI already has (some with passwordless sudo): a hub user of that name
+#: gets a prefixed account instead of taking over the system's.
+RESERVED_USERS = frozenset(
+    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc "
+    "gnats nobody systemd-network systemd-resolve messagebus sshd ec2-user ubuntu admin "
+    "centos fedora rocky debian adm halt shutdown operator ftp chrony tss polkitd "
+    "jupyter jovyan".split()
+)
+
+
 def unix_user_name(name):
-    """A POSIX login name for the notebook user on the instance (``[a-z_][a-z0-9_-]*``)."""
-    cleaned = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:32] or "jovyan"
-    return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else f"u{cleaned}"[:32]
+    """A POSIX login name for the notebook user on the instance (``[a-z_][a-z0-9_-]*``).
+
+    Never an account the AMI has already (root, ec2-user, ubuntu, daemon, ...).
+    """
+    cleaned = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:32] or "notebook"
+    if not (cleaned[0].isalpha() or cleaned[0] == "_"):
+        cleaned = f"u{cleaned}"[:32]
+    if cleaned in RESERVED_USERS:
+        cleaned = f"nb-{cleaned}"
+    return cleaned
 
 
 def instance_environment(hub_env, *, service_url, notebook_port, user_name, volume_device):

@@ -270,10 +270,24 @@ def test_building_logs_nothing(caplog):
         ("1337", "u1337"),
         ("../../etc/passwd", "etc_passwd"),
         ("root; rm -rf /", "root_rm_-rf"),
-        ("é" * 5, "jovyan"),
+        ("é" * 5, "notebook"),
+        ("root", "nb-root"),
+        ("EC2-User", "nb-ec2-user"),
+        ("ubuntu", "nb-ubuntu"),
         ("x" * 300, "x" * 32),
     ],
-    ids=["plain", "email", "digits", "traversal", "shell", "unicode-only", "long"],
+    ids=[
+        "plain",
+        "email",
+        "digits",
+        "traversal",
+        "shell",
+        "unicode-only",
+        "root",
+        "ec2-user",
+        "ubuntu",
+        "long",
+    ],
 )
 def test_unix_user_name(name, expected):
     import re

@@ -171,8 +171,12 @@ mount_volume() {
 }
 
 create_user() {
-  id -u "$NB_USER" >/dev/null 2>&1 ||
+  local uid
+  if uid=$(id -u "$NB_USER" 2>/dev/null); then # never take over an AMI's own account
+    ((uid >= 1000)) || fail "$NB_USER is a system account (uid $uid); not running a server as it"
+  else
     useradd --create-home --home-dir "$R$HOME_DIR" --shell /bin/bash --user-group "$NB_USER"
+  fi
   mkdir -p "$R$HOME_DIR"
   chown "$NB_USER:$NB_USER" "$R$HOME_DIR"
   chmod "$HOME_MODE" "$R$HOME_DIR"
