@@ -154,3 +154,15 @@ async def test_no_log_record_holds_the_token_or_user_data(aws_env, make_spawner,
     assert "MLIY_NOTEBOOK_USER" not in caplog.text  # the preamble of the user data
     for record in caplog.records:
         assert "secret-api-token" not in repr(record.args)
+
+
+async def test_store_knows_the_owner_until_the_stack_is_deleted(make_spawner):
+    spawner = make_spawner(server_name="gpu")
+    await begin(spawner)
+    instance_id = spawner.instance_id
+    owner = spawner.store.owner(instance_id)
+    assert (owner.user, owner.server_name, owner.stack_id) == ("alice", "gpu", spawner.stack_id)
+    await spawner.stop()  # stopped, not deleted: still known
+    assert spawner.store.owner(instance_id) is not None
+    await spawner.delete_forever()
+    assert spawner.store.owner(instance_id) is None
