@@ -91,7 +91,10 @@ class BaseHandler(QuietLogs, web.RequestHandler):
     async def authenticate(self):
         """The hub's model of the token's owner; 401 without a token the hub knows."""
         hub_auth = self.context.hub_auth
-        token = hub_auth.get_token(self, in_cookie=False)
+        # the Authorization header only: HubAuth.get_token would also read ?token= from
+        # requests that say they are websockets, and URLs end up in access logs
+        scheme, _, token = self.request.headers.get("Authorization", "").strip().partition(" ")
+        token = token.strip() if scheme.lower() in ("token", "bearer") else ""
         if not token:
             raise APIError(
                 401,
