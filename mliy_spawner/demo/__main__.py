@@ -130,6 +130,8 @@ def _config_file(env):
 
 def _check_port_free(port, variable):
     with socket.socket() as sock:
+        # as servers bind: connections of a previous run in TIME_WAIT do not count
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -154,13 +156,40 @@ def find_proxy(env):
     return str(Path(found).parent)
 
 
+def stop_stale_hub(data_dir, timeout=30):
+    """Stop the hub of a previous demo run on ``data_dir`` that was killed, not stopped.
+
+    The hub runs in its own session, so it outlives a killed demo, keeping its proxy,
+    services and ports. It is recognised by its pid file and by the settings file in its
+    environment; SIGTERM lets it stop its proxy and services. Returns True if one ran.
+    """
+    try:
+        pid = int((data_dir / "jupyterhub.pid").read_text())
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    marker = f"MLIY_DEMO_SETTINGS={data_dir / 'demo.json'}".encode()
+    stat = _proc_stat(pid)
+    if marker not in environ or stat is None:
+        return False
+    family = [(pid, stat[1]), *_descendants(pid)]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _same(pid, stat[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for other, started in family:  # whatever did not stop with it
+        if _same(other, started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(other, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # until they are gone, and their ports free
+    while any(_same(p, started) for p, started in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
 def prepare_data_dir(data_dir):
-    """Create the demo folder; clear what a previous run left (processes included)."""
+    """Create the demo folder; delete the files a previous run left behind."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    if (data_dir / "instances").is_dir():
-        killed = stop_leftovers(data_dir / "instances")
-        if killed:
-            log.warning("Stopped %d process(es) a previous demo run left behind", killed)
     for name in _STALE:
         path = data_dir / name
         if path.is_dir():
@@ -370,7 +399,7 @@ def _banner(settings, credentials, public_url, aws_url):
         "",
         f"  AWS stand-in: aws --endpoint-url {aws_url} ec2 describe-instances",
         f"  Files and logs: {settings.data_dir}",
-        "  Ctrl-C stops everything; `kill -HUP <pid>` restarts only the hub.",
+        f"  Ctrl-C stops everything; `kill -HUP {os.getpid()}` restarts only the hub.",
         "",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
@@ -389,16 +418,30 @@ def run(settings, env):
     signal.signal(signal.SIGHUP, lambda signum, frame: restart.set())
 
     data = settings.data_dir
+    # a killed run leaves its hub (with proxy and services) and its servers running
+    stale_hub = stop_stale_hub(data)
+    killed = stop_leftovers(data / "instances") if (data / "instances").is_dir() else 0
     _check_port_free(settings.hub_port, "MLIY_DEMO_HUB_PORT")
     _check_port_free(settings.aws_port, "MLIY_DEMO_AWS_PORT")
     proxy_dir = find_proxy(env)
     prepare_data_dir(data)
     _configure_logging(data / "logs" / "demo.log")
+    if stale_hub:
+        log.warning("Stopped the hub that a killed demo run had left running")
+    if killed:
+        log.warning("Stopped %d process(es) a killed demo run left in its sandboxes", killed)
     credentials = load_credentials(data, env)
     os.environ.update(demo_aws.DEMO_CREDENTIALS)
     for name in demo_aws.CLEARED_VARIABLES:
         os.environ.pop(name, None)
 
+    code = _serve(settings, env, restart, proxy_dir, credentials)
+    log.info("Everything the demo started has stopped")
+    return code
+
+
+def _serve(settings, env, restart, proxy_dir, credentials):
+    data = settings.data_dir
     public_url = f"http://127.0.0.1:{settings.hub_port}"
     aws_url = f"http://127.0.0.1:{settings.aws_port}"
     with contextlib.ExitStack() as stack:

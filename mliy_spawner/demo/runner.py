@@ -137,7 +137,7 @@ class InstanceRunner:
             except Exception as e:  # keep following: moto may be busy or restarting
                 self._failures += 1
                 if self._failures in (1, 10) or self._failures % 100 == 0:
-                    log.warning("Listing instances failed (%d times): %s", self._failures, e)
+                    log.warning("Following the instances failed (%d times): %s", self._failures, e)
             self._stop.wait(self.interval)
 
     # ---- one cycle ---------------------------------------------------------------------

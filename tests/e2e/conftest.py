@@ -7,9 +7,9 @@ Fixtures:
   and the idle culler) on free 127.0.0.1 ports, with an admin token for the REST API.
   At the end it is stopped with SIGINT, like Ctrl-C, and the teardown fails if the demo
   did not exit cleanly or left any process running.
-- ``start_demo``: ``start_demo(extra_env=None) -> DemoStack``, a separate stack with its
-  own settings (environment variables, e.g. a short idle-culler timeout), stopped after
-  the test.
+- ``start_demo``: ``start_demo(extra_env=None, data_dir=None) -> DemoStack``, a separate
+  stack with its own settings (environment variables, e.g. a short idle-culler timeout)
+  and folder, stopped after the test.
 - ``new_user``: ``new_user(group=None, admin=False) -> name``: a user with a fresh name
   on ``demo``, created through the REST API and added to the launch group ``group``.
 - ``screenshot_dir``: ``test-output/screenshots/`` (git-ignored), created.
@@ -80,8 +80,9 @@ def _logs_on_failure(request):
 def start_demo(request, tmp_path_factory):
     started = []
 
-    def start(extra_env=None):
-        stack = _start_demo(tmp_path_factory.mktemp("demo") / "data", extra_env)
+    def start(extra_env=None, data_dir=None):
+        data_dir = data_dir or tmp_path_factory.mktemp("demo") / "data"
+        stack = _start_demo(data_dir, extra_env)
         started.append(stack)
         request.node.mliy_stacks = started
         return stack

@@ -339,7 +339,6 @@ def start_demo(data_dir, extra_env=None, timeout=120):
     """Run ``python -m mliy_spawner.demo`` with its files under ``data_dir``; wait for it."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    hub_port, aws_port = free_port(), free_port()
     admin_token = secrets.token_hex(32)
     user_password = secrets.token_urlsafe(12)
     admin_password = secrets.token_urlsafe(32)
@@ -347,15 +346,16 @@ def start_demo(data_dir, extra_env=None, timeout=120):
         **os.environ,
         "PATH": os.pathsep.join([str(NODE_BIN), os.environ.get("PATH", "")]),
         "MLIY_DEMO_DIR": str(data_dir),
-        "MLIY_DEMO_HUB_PORT": str(hub_port),
-        "MLIY_DEMO_AWS_PORT": str(aws_port),
+        "MLIY_DEMO_HUB_PORT": str(free_port()),
+        "MLIY_DEMO_AWS_PORT": str(free_port()),
         "MLIY_DEMO_ADMIN_TOKEN": admin_token,
         "MLIY_DEMO_PASSWORD": user_password,
         "MLIY_DEMO_ADMIN_PASSWORD": admin_password,
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    output = data_dir.parent / f"{data_dir.name}-output.log"
+    runs = len(list(data_dir.parent.glob(f"{data_dir.name}-output*.log")))
+    output = data_dir.parent / f"{data_dir.name}-output{runs or ''}.log"
     with open(output, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "mliy_spawner.demo"],
@@ -367,7 +367,14 @@ def start_demo(data_dir, extra_env=None, timeout=120):
             start_new_session=True,
         )
     stack = DemoStack(
-        process, data_dir, output, hub_port, aws_port, admin_token, user_password, admin_password
+        process,
+        data_dir,
+        output,
+        int(env["MLIY_DEMO_HUB_PORT"]),
+        int(env["MLIY_DEMO_AWS_PORT"]),
+        admin_token,
+        user_password,
+        admin_password,
     )
 
     def banner():

@@ -57,6 +57,26 @@ def test_stopping_the_demo_leaves_nothing_running(start_demo, sig):
     assert demo.addresses() == {}
 
 
+def test_the_next_run_cleans_up_after_a_killed_demo(start_demo, tmp_path):
+    first = start_demo(data_dir=tmp_path / "data")
+    user = first.create_user("dave", group="students")
+    r = first.api("POST", f"/users/{user}/server", data="")
+    assert r.status_code in (201, 202), r.text
+    first.wait_ready(user)
+    processes = first.processes()
+    del processes[first.process.pid]
+
+    first.process.kill()  # no chance to clean up: hub, proxy, services, server survive
+    first.process.wait(10)
+    assert still_running(processes)
+
+    second = start_demo({"MLIY_DEMO_HUB_PORT": str(first.hub_port)}, data_dir=tmp_path / "data")
+    assert not still_running(processes), [_cmdline(pid) for pid in still_running(processes)]
+    log = second.demo_log()
+    assert "Stopped the hub that a killed demo run had left running" in log
+    assert second.api("GET", "/users").status_code == 200
+
+
 def run_demo(tmp_path, **env):
     return subprocess.run(
         [sys.executable, "-m", "mliy_spawner.demo"],
