@@ -37,7 +37,7 @@ if DEMO_SETTINGS:
     demo = json.loads(Path(DEMO_SETTINGS).read_text())
     aws = demo["aws"]
     data = Path(demo["data_dir"])
-    secrets = json.loads((data / "credentials.json").read_text())
+    passwords = json.loads((data / "credentials.json").read_text())
 
     c.JupyterHub.ip = "127.0.0.1"
     c.JupyterHub.port = demo["hub_port"]
@@ -55,8 +55,8 @@ if DEMO_SETTINGS:
 
     # Logins: one shared password for users, another for admins (printed by the demo).
     c.JupyterHub.authenticator_class = "shared-password"
-    c.SharedPasswordAuthenticator.user_password = secrets["user_password"]
-    c.SharedPasswordAuthenticator.admin_password = secrets["admin_password"]
+    c.SharedPasswordAuthenticator.user_password = passwords["user_password"]
+    c.SharedPasswordAuthenticator.admin_password = passwords["admin_password"]
     c.Authenticator.admin_users = {"admin"}
     c.Authenticator.allowed_users = {"alice", "bob"}
     # A launch group is a JupyterHub group of the same name.
@@ -135,9 +135,15 @@ else:
     # c.JupyterHub.hub_connect_ip = "10.0.1.10"  # how instances reach the hub's API
     # c.JupyterHub.db_url = "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
     #
-    # Logins: your authenticator; MLiy's header login through a proxy is "mliy":
+    # Logins: your authenticator; MLiy's header login behind an authenticating proxy is
+    # "mliy", with an auth plugin (docs/plugins.md):
     # c.JupyterHub.authenticator_class = "mliy"
-    # c.Authenticator.admin_users = {"alice"}
+    # c.MLiyAuthenticator.plugin_folder = "/etc/mliy/plugins"  # e.g. with ldap.py
+    # c.MLiyAuthenticator.trusted_proxies = ["10.0.0.5"]  # only they may send the header
+    # c.MLiyAuthenticator.admin_group = "hub-admins"
+    #
+    # One Route 53 record per server (plugins/route53.py and its plugin_settings.py):
+    # c.MLiySpawner.dns_plugin_folder = "/etc/mliy/plugins"
     #
     # c.MLiySpawner.region = "us-east-1"
     # Empty subnet/zone: read from the hub's own instance metadata (the hub runs on EC2).
