@@ -127,5 +127,8 @@ def seed_account(endpoint_url, region=REGION):
         hosted_zone_id=zone["Id"].rsplit("/", 1)[-1],
         dns_zone=DNS_ZONE,
     )
-    log.info("Seeded the AWS stand-in at %s: %s", endpoint_url, seed.as_dict())
+    log.info(
+        "AWS stand-in at %s: VPC %s, subnet %s (%s), AMI %s, Route 53 zone %s",
+        endpoint_url, vpc_id, seed.subnet_id, seed.availability_zone, seed.ami_id, DNS_ZONE,
+    )  # fmt: skip
     return seed
