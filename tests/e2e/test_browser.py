@@ -106,10 +106,11 @@ def test_log_in_choose_launch_watch_progress_and_stop(demo, browser, screenshot_
     # start: the progress page shows the stack's events, then the instance's own steps
     page.click('button[type="submit"]')
     page.wait_for_url("**/hub/spawn-pending/alice**")
-    page.evaluate("document.getElementById('progress-details').open = true")
-    page.locator("#progress-log .progress-log-event", has_text="Instance:").first.wait_for()
     progress_shot = None
-    try:  # the page reloads itself once the server is ready: this may be too late
+    try:  # the page reloads itself once the server is ready: this may come too late
+        page.evaluate("document.getElementById('progress-details').open = true")
+        line = page.locator("#progress-log .progress-log-event", has_text="Instance:")
+        line.first.wait_for(timeout=30_000)
         progress_shot = shot("progress", full_page=False)
     except Exception as e:  # noqa: BLE001 (playwright raises its own Error types)
         print(f"progress page screenshot skipped: {e}")
