@@ -121,10 +121,10 @@ def test_log_in_choose_launch_watch_progress_and_stop(demo, browser, screenshot_
     assert progress == sorted(progress), progress
     assert "Creating stack" in log_lines, log_lines
     assert any(line.startswith("Instance: starting the server") for line in log_lines), log_lines
-    # the server's default page: jupyter_server's own "A Jupyter Server is running."
-    # (the demo installs no notebook UI), or JupyterLab's where it is installed
-    page.wait_for_load_state()
-    assert "Jupyter" in page.title(), page.title()
+    # the notebook UI: JupyterLab (the demo installs it) opens its main area
+    page.wait_for_url(f"{demo.public_url}/user/alice/lab**", timeout=60_000)
+    page.locator("#jp-main-dock-panel").wait_for(timeout=60_000)
+    assert "JupyterLab" in page.title(), page.title()
     shot("landed")
     [stack] = demo.stacks("alice", "")
     instance_id = demo.instance_of(stack["StackId"])["InstanceId"]
@@ -142,7 +142,7 @@ def test_log_in_choose_launch_watch_progress_and_stop(demo, browser, screenshot_
     status = page.evaluate(
         """async () => {
           const xsrf = document.cookie.split("; ").find((c) => c.startsWith("_xsrf="));
-          const r = await fetch("api/status", {
+          const r = await fetch("/user/alice/api/status", {
             headers: {"X-XSRFToken": decodeURIComponent(xsrf.slice(6))},
           });
           return {code: r.status, body: await r.json()};
