@@ -55,6 +55,9 @@ for _name in ("botocore.endpoint", "botocore.parsers", "botocore.httpsession"):
     logging.getLogger(_name).addFilter(_DropBodies())
 
 
+_READS = ("Describe", "List", "Get")
+
+
 def _before_call(model, context, **kwargs):
     context["mliy_started"] = time.monotonic()
 
@@ -64,19 +67,14 @@ def _after_call(http_response, parsed, model, context, **kwargs):
     elapsed = (time.monotonic() - started) * 1000 if started else -1
     status = http_response.status_code if http_response is not None else "-"
     error = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+    service = model.service_model.service_name
     if error:
-        log.info(
-            "%s %s -> %s %s (%.0f ms)",
-            model.service_model.service_name,
-            model.name,
-            status,
-            error,
-            elapsed,
-        )
+        log.warning("%s %s -> %s %s (%.0f ms)", service, model.name, status, error, elapsed)
+    elif model.name.startswith(_READS):
+        # the reflector reads every few seconds: those lines only at DEBUG
+        log.debug("%s %s -> %s (%.0f ms)", service, model.name, status, elapsed)
     else:
-        log.debug(
-            "%s %s -> %s (%.0f ms)", model.service_model.service_name, model.name, status, elapsed
-        )
+        log.info("%s %s -> %s (%.0f ms)", service, model.name, status, elapsed)
 
 
 def log_calls(client):

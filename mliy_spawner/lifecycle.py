@@ -219,7 +219,7 @@ class StackLifecycle:
         self._seen_events = set()
         if not created:
             self.log.warning("Adopting existing stack %s for %s", name, self._log_name)
-        self._emit("Stack created; waiting for the instance", 10)
+        self._emit("CloudFormation accepted the stack; waiting for the instance", 10)
 
     _launched_at = 0.0
 
