@@ -2,9 +2,10 @@
 
 Fixtures:
 
-- ``aws_env``: moto's ``mock_aws`` for one test, seeded like a small AWS account (VPC,
-  subnet, AMI, key pair, security group); yields a :class:`Seed` with their ids and
-  boto3 clients made by ``mliy_spawner.aws.make_client``.
+- ``aws_env``: moto's ``mock_aws`` for one test, seeded like the demo's account
+  (``mliy_spawner.demo.aws.seed_account``: VPC, subnet, AMI, key pair, security group,
+  instance profile, Route 53 zone); yields an :class:`Account` with their ids and boto3
+  clients made by ``mliy_spawner.aws.make_client``.
 - ``spawner_config``: the traits of a two-configuration, two-group setup over ``aws_env``.
 - ``make_spawner``: builds an ``MLiySpawner`` against a fake hub and user (the second
   layer of tests: no hub process), with a fast private reflector and a store in the
@@ -19,7 +20,6 @@ import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import boto3
 import pytest
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -30,31 +30,15 @@ REGION = "us-east-1"
 
 
 @dataclass
-class Seed:
+class Account:
+    """The seeded account: the demo's seed (ids) and boto3 clients on it."""
+
     ec2: object
     cfn: object
-    vpc_id: str
-    subnet_id: str
-    availability_zone: str
-    ami_id: str
-    key_name: str
-    security_group_id: str
+    seed: object
 
-
-def seed_account(ec2):
-    """Create the network and identities a launch needs; return their ids."""
-    vpc_id = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(
-        VpcId=vpc_id, CidrBlock="10.20.1.0/24", AvailabilityZone=f"{REGION}a"
-    )["Subnet"]
-    sg_id = ec2.create_security_group(
-        GroupName="mliy-notebooks", Description="notebooks", VpcId=vpc_id
-    )["GroupId"]
-    ec2.create_key_pair(KeyName="mliy-key")
-    iam = boto3.client("iam", region_name=REGION)
-    iam.create_instance_profile(InstanceProfileName="mliy-notebook")
-    ami_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    return subnet["SubnetId"], subnet["AvailabilityZone"], vpc_id, sg_id, ami_id
+    def __getattr__(self, name):  # vpc_id, subnet_id, ami_id, key_name, ...
+        return getattr(self.seed, name)
 
 
 @pytest.fixture
@@ -62,12 +46,12 @@ def aws_env():
     from moto import mock_aws
 
     from mliy_spawner.aws import make_client
+    from mliy_spawner.demo.aws import seed_account
 
     with mock_aws():
-        ec2 = make_client("ec2", REGION)
-        cfn = make_client("cloudformation", REGION)
-        subnet_id, zone, vpc_id, sg_id, ami_id = seed_account(ec2)
-        yield Seed(ec2, cfn, vpc_id, subnet_id, zone, ami_id, "mliy-key", sg_id)
+        # the same account the demo seeds on its moto server, here in-process
+        seed = seed_account(None, REGION)
+        yield Account(make_client("ec2", REGION), make_client("cloudformation", REGION), seed)
 
 
 @pytest.fixture

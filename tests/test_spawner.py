@@ -36,7 +36,7 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     assert instance["ImageId"] == aws_env.ami_id
     assert instance["InstanceType"] == "t2.medium"
     assert instance["SubnetId"] == aws_env.subnet_id
-    assert instance["KeyName"] == "mliy-key"
+    assert instance["KeyName"] == aws_env.key_name
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags["mliy:hub"] == "mliy"
     assert tags["mliy:user"] == "alice"
