@@ -142,7 +142,12 @@ class Boot:
         self.port = free_port()
         self.env = prepare_sandbox(self.root, python_bin_dir=str(self.fakebin))
         if not on_path:  # a bare AMI: jupyterhub-singleuser only after "pip install"
-            self.env["PATH"] = self.env["PATH"].replace(str(self.fakebin) + os.pathsep, "")
+            # (nor from this process's PATH: `make test` puts the virtualenv on it)
+            self.env["PATH"] = os.pathsep.join(
+                d
+                for d in self.env["PATH"].split(os.pathsep)
+                if d and not os.path.exists(os.path.join(d, "jupyterhub-singleuser"))
+            )
         self.env.update(MLIY_LOCAL_INSTANCE_ID=INSTANCE_ID, MLIY_LOCAL_PORT=str(self.port))
         self.hub_env = {
             "JUPYTERHUB_API_TOKEN": TOKEN,
