@@ -40,14 +40,19 @@ def is_done(record):
     return not record.failed and record.percent >= 100
 
 
-async def wait_for_boot(store, instance_id, emit, check_alive, limit, start_delay=1.0):
+async def wait_for_boot(
+    store, instance_id, emit, check_alive, limit, start_delay=1.0, silence_limit=None, log=None
+):
     """Emit the instance's reported steps until it reports 100 %; raise on a failed step.
 
     ``emit(message, percent)`` records a progress event; ``check_alive()`` raises when the
-    instance went away meanwhile; ``limit`` bounds the wait in seconds. Store reads run
-    in the shared executor (SQLite or PostgreSQL I/O never blocks the hub's loop).
+    instance went away meanwhile; ``limit`` bounds the wait in seconds. When the instance
+    reports nothing at all for ``silence_limit`` seconds (its script does not report, or
+    cannot reach the service), stop waiting and let the hub wait for the server itself.
+    Store reads run in the shared executor (database I/O never blocks the hub's loop).
     """
-    deadline = time.monotonic() + limit
+    started = time.monotonic()
+    deadline = started + limit
     delay = start_delay
     after = 0
     while True:
@@ -60,7 +65,17 @@ async def wait_for_boot(store, instance_id, emit, check_alive, limit, start_dela
             if is_done(record):
                 return
         check_alive()
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if not after and silence_limit is not None and now - started > silence_limit:
+            if log is not None:
+                log.warning(
+                    "Instance %s reported no progress in %.0f s; is MLiySpawner.service_url "
+                    "reachable from instances? Leaving the wait to the hub.",
+                    instance_id, silence_limit,
+                )  # fmt: skip
+            emit("The instance reports no progress; waiting for its notebook server", BOOT_START)
+            return
+        if now > deadline:
             raise TimeoutError(f"instance {instance_id} did not finish its setup in {limit:.0f} s")
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 5.0)

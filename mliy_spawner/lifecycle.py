@@ -69,8 +69,8 @@ class StackLifecycle:
         """Refresh the shared view (coalesced) until ``check()`` returns a value.
 
         Pauses grow from wait_backoff_start (1 s) by half each time up to
-        wait_backoff_max: fast for the
-        first seconds of a launch, cheap for the minutes an instance takes to boot.
+        wait_backoff_max: fast for the first seconds of a launch, cheap for the minutes
+        an instance takes to boot.
         """
         delay = self.wait_backoff_start
         deadline = time.monotonic() + limit

@@ -274,6 +274,13 @@ class MLiySpawner(StackLifecycle, Spawner):
         service URL (see service_url). Turn off for scripts that report nothing.""",
     ).tag(config=True)
 
+    boot_silence_limit = Float(
+        300.0,
+        help="""Seconds to wait for an instance's first progress report before leaving the
+        wait to the hub (whose http_timeout then applies). Instances that report nothing
+        do not fail their spawn for it.""",
+    ).tag(config=True)
+
     dns_plugin_folder = Unicode(
         "",
         help="""Folder of MLiy-style plugin files holding the DNS plugin (createDnsEntry,
@@ -559,7 +566,8 @@ class MLiySpawner(StackLifecycle, Spawner):
             if not resumed and self.wait_for_boot and self._service_url():
                 await boot.wait_for_boot(
                     self.store, self.instance_id, self._emit, self._check_alive,
-                    self.start_timeout, self.wait_backoff_start,
+                    self.start_timeout, self.wait_backoff_start, self.boot_silence_limit,
+                    self.log,
                 )  # fmt: skip
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(resumed))

@@ -166,3 +166,13 @@ async def test_store_knows_the_owner_until_the_stack_is_deleted(make_spawner):
     assert spawner.store.owner(instance_id) is not None
     await spawner.delete_forever()
     assert spawner.store.owner(instance_id) is None
+
+
+async def test_silent_instance_is_left_to_the_hub_not_failed(aws_env, make_spawner, caplog):
+    spawner = make_spawner(service_url=SERVICE_URL, boot_silence_limit=0.5)
+    ip, _ = await asyncio.wait_for(begin(spawner), 20)  # nothing reports: no 900 s wait
+    assert ip.startswith("10.")
+    assert spawner.stack_id  # the stack stays: the hub now waits for the server itself
+    messages = [e["message"] for e in spawner._events]
+    assert "The instance reports no progress; waiting for its notebook server" in messages
+    assert "is MLiySpawner.service_url reachable from instances?" in caplog.text
