@@ -176,6 +176,9 @@ else:
     )
 
 # ---- Both ---------------------------------------------------------------------------
+# Servers are instances that outlive the hub process: a hub restart must not stop them.
+c.JupyterHub.cleanup_servers = False
+
 # The mliy service: instances' progress reports and the instance control API.
 configure_service(c, **service_options)
 
