@@ -105,6 +105,8 @@ if DEMO_SETTINGS:
     }
     # One Route 53 record per server, in the seeded zone (MLiy's DNS plugin).
     c.MLiySpawner.dns_plugin_folder = str(data / "plugins")
+    # auth.log, aws.log, launch.log next to the service's service.log
+    c.MLiySpawner.log_dir = str(data / "logs")
     # Instances are local processes: connect where the demo's runner serves them.
     c.MLiySpawner.connect_address_hook = local_address_hook(data / "addresses.json")
     c.MLiySpawner.wait_backoff_start = 0.5
