@@ -219,7 +219,28 @@ class StackLifecycle:
         self._seen_events = set()
         if not created:
             self.log.warning("Adopting existing stack %s for %s", name, self._log_name)
+            if await self._clear_failed_orphan(stack_id, name):
+                return await self._launch(choice)
         self._emit("CloudFormation accepted the stack; waiting for the instance", 10)
+
+    async def _clear_failed_orphan(self, stack_id, name):
+        """A stack of this name from a crashed hub that failed: delete it, wait, say True."""
+        stack = await self._aws(stacks.describe_stack, self.cfn_client, stack_id)
+        status = stacks.simplify_status(stack["StackStatus"]) if stack else stacks.GONE
+        if status not in (stacks.FAILED, stacks.DELETING):
+            return False
+        self._emit(f"An earlier stack {name} failed ({stack['StackStatus']}); deleting it first")
+        if status == stacks.FAILED:
+            await self._aws(stacks.delete_stack, self.cfn_client, stack_id)
+        self._forget_stack()
+
+        def deleted():
+            gone = self.reflector.stacks.get(stack_id) is None
+            return True if gone and self.reflector.fresh_since(asked) else None
+
+        asked = time.monotonic()
+        await self._wait(deleted, f"stack {name} to be deleted", self.start_timeout)
+        return True
 
     _launched_at = 0.0
 

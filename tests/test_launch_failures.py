@@ -269,3 +269,19 @@ async def test_reflector_restarts_after_dying(aws_env, caplog):
         assert await reflector.refresh()
     finally:
         await reflector.stop()
+
+
+async def test_failed_orphan_of_a_crashed_hub_is_replaced(aws_env, make_spawner):
+    # a hub created the stack, then died before saving its state; the stack then failed
+    crashed = make_spawner()
+    await crashed._run_apply_user_options({})
+    await crashed._launch(crashed._launch_choice)
+    orphan = crashed.stack_id
+    moto_stack(orphan).status = "ROLLBACK_COMPLETE"
+
+    spawner = make_spawner()  # the restarted hub: no state for this server
+    ip, _ = await begin(spawner)
+    assert spawner.stack_id != orphan
+    statuses = {s["StackId"]: s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]}
+    assert statuses == {orphan: "DELETE_COMPLETE", spawner.stack_id: "CREATE_COMPLETE"}
+    assert any("An earlier stack" in e["message"] for e in spawner._events)
