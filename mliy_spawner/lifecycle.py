@@ -215,6 +215,7 @@ class StackLifecycle:
         self.stack_id, self.stack_name, self.stack_region = stack_id, name, self.region
         self.instance_id = None
         self.launch_options = choice.as_user_options()
+        self._save_state_now()
         self._launched_at = time.monotonic()
         self._seen_events = set()
         if not created:
@@ -222,6 +223,24 @@ class StackLifecycle:
             if await self._clear_failed_orphan(stack_id, name):
                 return await self._launch(choice)
         self._emit("CloudFormation accepted the stack; waiting for the instance", 10)
+
+    def _save_state_now(self):
+        """Write the state (the new stack's id) to the hub's database right away.
+
+        JupyterHub saves a spawner's state when start() returns. A hub restarted during
+        a launch would then know nothing of the stack; with the id saved, it polls the
+        server, and stops it or finds it running, instead of leaving it unaccounted for.
+        """
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import NoInspectionAvailable
+
+        try:
+            session = inspect(self.orm_spawner).session
+        except NoInspectionAvailable:  # no database behind this spawner (tests)
+            return
+        if session is not None:
+            self.orm_spawner.state = self.get_state()
+            session.commit()
 
     async def _clear_failed_orphan(self, stack_id, name):
         """A stack of this name from a crashed hub that failed: delete it, wait, say True."""

@@ -338,3 +338,25 @@ async def test_get_url_after_hub_restart_reads_current_address(aws_env, make_spa
     restarted.orm_spawner.server = None
     assert await restarted.poll() is None
     assert await restarted.get_url() == f"http://{ip}:{port}/"
+
+
+async def test_stack_id_reaches_the_hub_database_before_start_returns(aws_env, make_spawner):
+    from jupyterhub import orm
+
+    session = orm.new_session_factory("sqlite:///:memory:")()
+    user = orm.User(name="alice")
+    session.add(user)
+    session.commit()
+    orm_spawner = orm.Spawner(user=user, name="")
+    session.add(orm_spawner)
+    session.commit()
+    spawner = make_spawner()
+    spawner.orm_spawner = orm_spawner
+    await spawner._run_apply_user_options({})
+    await spawner._launch(spawner._launch_choice)  # a hub that dies right after this...
+    session.expire_all()
+    saved = session.query(orm.Spawner).one().state["mliy"]
+    assert saved["stack_id"] == spawner.stack_id  # ...still knows its stack on restart
+    restarted = make_spawner()
+    restarted.load_state({"mliy": saved})
+    assert await restarted.poll() is None
