@@ -150,11 +150,13 @@ class StackLifecycle:
         if plugin is plugins.NOOP_DNS_PLUGIN:
             return host
         ip = instance.private_ip
+        # remembered even if the create fails or times out (it may still land later):
+        # stop() then deletes whatever record there is
+        self.dns_ip = ip
         error = await plugins.run_dns(plugin, "create", self._dns_name(), ip, self.log)
         if error:
             self._emit(error)
             return host
-        self.dns_ip = ip
         if self.connect_via_dns and self.connect_address_hook is None:
             return plugins.dns_display_name(plugin, self._dns_name(), ip, self.log)
         return host
