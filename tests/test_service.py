@@ -617,6 +617,14 @@ def test_admin_controls_another_users_server(hub):
     r = _control(hub, instance_id, "start", admin)
     assert r.status_code in (200, 202), r.text
     hub.wait_ready("pia", "lab")
+    first_start = _started(hub, "pia", "lab")
+    r = _control(hub, instance_id, "restart", admin)
+    assert r.status_code in (200, 202), r.text
+    hub.wait_ready("pia", "lab")
+    assert _started(hub, "pia", "lab") != first_start
+    r = _control(hub, instance_id, "terminate", admin)
+    assert r.status_code == 202, r.text
+    hub.wait_for(lambda: hub.server_model("pia", "lab") is None, "the server to be removed")
 
 
 @pytest.mark.parametrize("action", ["start", "stop", "restart", "terminate"])
