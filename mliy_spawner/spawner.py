@@ -524,10 +524,11 @@ class MLiySpawner(StackLifecycle, Spawner):
     _launch_choice = None
 
     def _emit(self, message, progress=None):
+        """Record a progress event; the bar never moves backwards."""
         if self._events is None:
             self._events = []
-        if progress is None:
-            progress = self._events[-1]["progress"] if self._events else 0
+        last = self._events[-1]["progress"] if self._events else 0
+        progress = last if progress is None else max(progress, last)
         self._events.append({"progress": progress, "message": message})
         self.log.info("%s: %s", self._log_name, message)
 
