@@ -23,16 +23,18 @@ STEPS = [
 
 async def report_when_owned(spawner, steps, store_url):
     """Play the instance: once the spawner recorded the owner, report ``steps``."""
-    store = Store(store_url)
+    store = Store(store_url)  # the service's own connection to the store
     try:
         for _ in range(500):
-            if spawner.instance_id and store.owner(spawner.instance_id):
+            if spawner.instance_id and await asyncio.to_thread(store.owner, spawner.instance_id):
                 break
             await asyncio.sleep(0.02)
-        owner = store.owner(spawner.instance_id)
+        owner = await asyncio.to_thread(store.owner, spawner.instance_id)
         assert owner.user == spawner.user.name and owner.stack_id == spawner.stack_id
         for step, percent, *failed in steps:
-            store.add_progress(spawner.instance_id, step, percent, bool(failed))
+            await asyncio.to_thread(
+                store.add_progress, spawner.instance_id, step, percent, bool(failed)
+            )
             await asyncio.sleep(0.05)
     finally:
         store.close()
