@@ -17,7 +17,9 @@ upgrade its lock half way through and fail with "database is locked".
 
 import logging
 import os
+import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,6 +163,25 @@ def _is_sqlite(url):
     return url.get_backend_name() == "sqlite"
 
 
+def _use_wal(cursor, attempts=100, pause=0.05):
+    """Switch the file to WAL (persistent: done once per file, by whoever comes first).
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once, without waiting out busy_timeout, while another process has it
+    open; so check first, and retry a moment later.
+    """
+    for attempt in range(attempts):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(pause)
+
+
 def _make_engine(url):
     url = make_url(url)
     if not _is_sqlite(url):
@@ -181,7 +202,7 @@ def _make_engine(url):
         try:
             cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
             if not in_memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _use_wal(cursor)
         finally:
             cursor.close()
 
