@@ -25,6 +25,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 from jupyterhub.services.auth import HubAuth, HubOAuth
 from tornado import web
 
+from .. import aws
 from ..store import Store, store_url_from_env
 from .actions import InstanceActions
 from .handlers import (
@@ -142,7 +143,7 @@ class Context:
         self.actions = InstanceActions(
             self.hub,
             self.store,
-            run_blocking=self._run_blocking,
+            run_blocking=aws.run_in_executor,
             aws_endpoint_url=settings.aws_endpoint_url,
             stop_timeout=settings.stop_timeout,
         )
@@ -175,12 +176,6 @@ class Context:
         return self._templates
 
     _templates = None
-
-    @staticmethod
-    async def _run_blocking(fn, *args):
-        import asyncio
-
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def _log_request(handler):

@@ -5,8 +5,6 @@ Authentication is the hub's: ``Authorization: token <token>`` checked with
 cannot end up in access logs). No token, or one the hub does not know: 401.
 """
 
-import asyncio
-import functools
 import json
 import logging
 
@@ -17,6 +15,7 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
+from .. import aws
 from ..store import ProgressLimitError
 from .actions import ACTIONS, ActionError, refusal
 from .validation import ReportError, parse_json_report, parse_mliy_report, show
@@ -83,11 +82,6 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         own = getattr(type(self), method.lower(), None)
         return own is not None and own is not getattr(web.RequestHandler, method.lower())
 
-    async def blocking(self, fn, *args):
-        """Run a blocking call (the store) on the default thread pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(fn, *args))
-
     async def authenticate(self):
         """The hub's model of the token's owner; 401 without a token the hub knows."""
         hub_auth = self.context.hub_auth
@@ -111,7 +105,7 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         return model
 
     async def instance(self, instance_id, status_if_unknown):
-        record = await self.blocking(self.context.store.owner, instance_id)
+        record = await aws.run_in_executor(self.context.store.owner, instance_id)
         if record is None:
             raise APIError(
                 status_if_unknown,
@@ -154,7 +148,7 @@ class ProgressHandler(BaseHandler):
 
     async def save(self, record, report):
         try:
-            saved = await self.blocking(
+            saved = await aws.run_in_executor(
                 self.context.store.add_progress,
                 record.instance_id,
                 report.step,
@@ -269,8 +263,7 @@ class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):
     @web.authenticated
     async def get(self):
         user = self.current_user["name"]
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(None, self._rows, user)
+        rows = await aws.run_in_executor(self._rows, user)
         template = self.context.templates.get_template("service_instances.html")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
