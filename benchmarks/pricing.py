@@ -155,8 +155,12 @@ def bench_form_render():
     template, user_data = path.parent / "stack.yaml", path.parent / "boot.sh"
     template.write_text("Resources: {}\n")
     user_data.write_text("#!/bin/bash\n")
-    common = {"ami_id": "ami-0123abcd", "template": str(template), "user_data": str(user_data),
-              "instance_types": types}  # fmt: skip
+    common = {
+        "ami_id": "ami-0123abcd",
+        "template": str(template),
+        "user_data": str(user_data),
+        "instance_types": types,
+    }
     configs = parse_software_configs(
         {"cpu": {**common, "volume": {"default_size": 100, "max_size": 500}}, "gpu": common}
     )
@@ -174,15 +178,23 @@ def bench_form_render():
         available = [groups[name] for name in names]
 
         def render(available=available):
-            return render_form(user_name="alice", available_groups=available, configs=configs,
-                               catalog=catalog, region="xx-region-0", saved_options={})  # fmt: skip
+            return render_form(
+                user_name="alice",
+                available_groups=available,
+                configs=configs,
+                catalog=catalog,
+                region="xx-region-0",
+                saved_options={},
+            )
 
         render()  # the template compiles once per process
         best, median, html = timed(render)
         rows = html.count('type="radio"')
-        print(f"  {label}: {rows:,} rows, {len(html) / 1e6:.2f} MB of HTML: "
-              f"best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
-              f"({best / rows * 1e6:.1f} us per row)")  # fmt: skip
+        print(
+            f"  {label}: {rows:,} rows, {len(html) / 1e6:.2f} MB of HTML: "
+            f"best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
+            f"({best / rows * 1e6:.1f} us per row)"
+        )
 
 
 BENCHES = [

@@ -87,8 +87,10 @@ async def measure(n, template):
 def main():
     template = Path(__file__).resolve().parent.parent / "cloudformation/notebook-instance.yaml"
     template = template.read_text()
-    print(f"{'servers':>8} {'reflector calls/min':>20} {'naive calls/min':>16} {'ratio':>7}"
-          f" {'one cycle':>10} {'naive round':>12}")  # fmt: skip
+    print(
+        f"{'servers':>8} {'reflector calls/min':>20} {'naive calls/min':>16} {'ratio':>7}"
+        f" {'one cycle':>10} {'naive round':>12}"
+    )
     for n in (10, 50, 200):
         with mock_aws():
             cycle, per_cycle, naive_round, per_round = asyncio.run(measure(n, template))

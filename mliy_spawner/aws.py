@@ -3,42 +3,19 @@
 - :func:`make_client` builds a client with botocore's "standard" retry mode and hooks
   that log every call on the ``mliy.aws`` logger: operation, duration, outcome. Never
   the parameters: they hold user data and tokens.
-- :func:`run_in_executor` runs a blocking boto3 call on one shared, bounded thread
-  pool, so the hub's event loop never waits on AWS.
+
+Blocking calls on these clients go through :func:`mliy_spawner.util.run_blocking`.
 """
 
-import asyncio
-import functools
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
 
+from .util import POOL_WORKERS
+
 log = logging.getLogger("mliy.aws")
-
-# boto3 clients are thread-safe; the pool bounds how many calls are in flight at once
-# (EC2 throttles mutating calls at about 5/s, so more threads would only queue there).
-_EXECUTOR_WORKERS = 16
-_executor = None
-_executor_lock = threading.Lock()
-
-
-def executor():
-    """The shared thread pool for AWS calls (created on first use)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(_EXECUTOR_WORKERS, thread_name_prefix="mliy-aws")
-        return _executor
-
-
-async def run_in_executor(fn, /, *args, **kwargs):
-    """Run ``fn(*args, **kwargs)`` on the shared AWS thread pool and await its result."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor(), functools.partial(fn, *args, **kwargs))
 
 
 class _DropBodies(logging.Filter):
@@ -93,7 +70,7 @@ def make_client(service, region, endpoint_url=None, max_attempts=5):
     config = Config(
         region_name=region,
         retries={"mode": "standard", "max_attempts": max_attempts},
-        max_pool_connections=_EXECUTOR_WORKERS,
+        max_pool_connections=POOL_WORKERS,
     )
     session = boto3.session.Session()
     client = session.client(

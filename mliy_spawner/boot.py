@@ -11,7 +11,7 @@ import hashlib
 import re
 import time
 
-from . import aws
+from .util import run_blocking
 
 #: Where instance-reported steps sit on the spawn's progress bar (0-100 of the boot
 #: becomes BOOT_START..BOOT_END of the whole spawn).
@@ -56,7 +56,7 @@ async def wait_for_boot(
     delay = start_delay
     after = 0
     while True:
-        records = await aws.run_in_executor(store.progress, instance_id, after)
+        records = await run_blocking(store.progress, instance_id, after)
         for record in records:
             after = record.id
             emit(boot_message(record), overall_percent(record.percent))
@@ -71,8 +71,9 @@ async def wait_for_boot(
                 log.warning(
                     "Instance %s reported no progress in %.0f s; is MLiySpawner.service_url "
                     "reachable from instances? Leaving the wait to the hub.",
-                    instance_id, silence_limit,
-                )  # fmt: skip
+                    instance_id,
+                    silence_limit,
+                )
             emit("The instance reports no progress; waiting for its notebook server", BOOT_START)
             return
         if now > deadline:

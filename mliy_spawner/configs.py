@@ -168,9 +168,16 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
     if not isinstance(raw, dict):
         raise ConfigError(f"{trait}: expected a dict keyed by slug")
     allowed = {
-        "display_name", "description", "ami_id", "template", "user_data", "params",
-        "instance_types", "default_instance_type", "volume",
-    }  # fmt: skip
+        "display_name",
+        "description",
+        "ami_id",
+        "template",
+        "user_data",
+        "params",
+        "instance_types",
+        "default_instance_type",
+        "volume",
+    }
     configs = {}
     for slug, entry in raw.items():
         where = f"{trait}[{slug!r}]"
@@ -183,8 +190,9 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
         types = _string_list(entry, "instance_types", where, _INSTANCE_TYPE)
         if not types:
             raise ConfigError(f"{where}.instance_types: must list at least one instance type")
-        default_type = _take(entry, "default_instance_type", where, required=False,
-                             default=types[0])  # fmt: skip
+        default_type = _take(
+            entry, "default_instance_type", where, required=False, default=types[0]
+        )
         if default_type not in types:
             raise ConfigError(
                 f"{where}.default_instance_type: {default_type!r} is not in instance_types"
@@ -221,9 +229,12 @@ def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
     if not isinstance(raw, dict):
         raise ConfigError(f"{trait}: expected a dict keyed by JupyterHub group name")
     allowed = {
-        "key_name", "instance_profile", "security_group_ids", "software_configs",
+        "key_name",
+        "instance_profile",
+        "security_group_ids",
+        "software_configs",
         "excluded_instance_types",
-    }  # fmt: skip
+    }
     groups = {}
     for name, entry in raw.items():
         where = f"{trait}[{name!r}]"
@@ -305,18 +316,20 @@ def resolve_options(user_options, available, configs, kept=None):
     unknown = sorted(set(user_options) - set(USER_OPTION_KEYS))
     if unknown:
         raise OptionsError(
-            "user_options", unknown[0] if len(unknown) == 1 else unknown,
+            "user_options",
+            unknown[0] if len(unknown) == 1 else unknown,
             f"unexpected key; allowed keys: {', '.join(USER_OPTION_KEYS)}",
-        )  # fmt: skip
+        )
 
     if kept:
         for key in RESUME_FIXED:
             if key in user_options and user_options[key] != kept.get(key):
                 raise OptionsError(
-                    key, user_options[key],
+                    key,
+                    user_options[key],
                     f"your stopped server has {kept.get(key)!r} and changing it would lose "
                     "its disk; keep it, or remove the server first",
-                )  # fmt: skip
+                )
         user_options = {**kept, **user_options}
 
     by_name = {g.name: g for g in available}
@@ -328,9 +341,10 @@ def resolve_options(user_options, available, configs, kept=None):
     slug = user_options.get("software_config", group.software_configs[0])
     if not isinstance(slug, str) or slug not in group.software_configs:
         raise OptionsError(
-            "software_config", slug,
+            "software_config",
+            slug,
             f"group {group.name!r} allows: {', '.join(group.software_configs)}",
-        )  # fmt: skip
+        )
     config = configs[slug]
 
     allowed_types = group.instance_types(config)
@@ -340,25 +354,28 @@ def resolve_options(user_options, available, configs, kept=None):
     instance_type = user_options.get("instance_type", fallback)
     if not isinstance(instance_type, str) or instance_type not in allowed_types:
         raise OptionsError(
-            "instance_type", instance_type,
+            "instance_type",
+            instance_type,
             f"{config.slug!r} in group {group.name!r} allows: {', '.join(allowed_types)}",
-        )  # fmt: skip
+        )
 
     volume_size = user_options.get("volume_size", _default_volume(config))
     if config.volume is None:
         if "volume_size" in user_options and user_options["volume_size"] is not None:
             raise OptionsError(
-                "volume_size", user_options["volume_size"],
+                "volume_size",
+                user_options["volume_size"],
                 f"{config.slug!r} has no extra volume; leave it out",
-            )  # fmt: skip
+            )
         volume_size = None
     else:
         spec = config.volume
         if isinstance(volume_size, bool) or not isinstance(volume_size, int):
             raise OptionsError(
-                "volume_size", volume_size,
+                "volume_size",
+                volume_size,
                 f"a whole number of GiB from {spec.min_size} to {spec.max_size}",
-            )  # fmt: skip
+            )
         if not spec.min_size <= volume_size <= spec.max_size:
             raise OptionsError(
                 "volume_size", volume_size, f"from {spec.min_size} to {spec.max_size} GiB"

@@ -66,8 +66,13 @@ class _Rows:
         return self.rows[instance_type]
 
     def _lookup(self, instance_type):
-        row = {"name": instance_type, "pretty_name": "", "vcpu": "unknown",
-               "memory": "unknown", "price": None}  # fmt: skip
+        row = {
+            "name": instance_type,
+            "pretty_name": "",
+            "vcpu": "unknown",
+            "memory": "unknown",
+            "price": None,
+        }
         if self.catalog is None:
             return row
         try:
@@ -79,8 +84,9 @@ class _Rows:
             self.catalog = None
             return row
         if info is not None:
-            row.update(pretty_name=info.pretty_name, vcpu=str(info.vcpu),
-                       memory=_number(info.memory_gib))  # fmt: skip
+            row.update(
+                pretty_name=info.pretty_name, vcpu=str(info.vcpu), memory=_number(info.memory_gib)
+            )
         return row
 
 
@@ -117,25 +123,33 @@ def _view(available_groups, configs, catalog, region, choice):
                 size = config.volume.default_size
                 if chosen_block and choice.volume_size is not None:
                     size = choice.volume_size
-                volume = {"min": config.volume.min_size, "max": config.volume.max_size,
-                          "value": size, "default": config.volume.default_size}  # fmt: skip
-            blocks.append({
-                "id": f"mliy-g{gi}-c{ci}",
-                "slug": slug,
-                "display_name": config.display_name,
-                # Admin-written HTML from the configuration, never user input.
-                "description": Markup(config.description),
-                "selected": chosen_block or (not chosen_group and ci == 0),
-                "types": [rows[name] for name in types],
-                "checked": checked,
-                "volume": volume,
-            })  # fmt: skip
-        groups.append({
-            "id": f"mliy-g{gi}",
-            "name": group.name,
-            "selected": chosen_group,
-            "blocks": blocks,
-        })  # fmt: skip
+                volume = {
+                    "min": config.volume.min_size,
+                    "max": config.volume.max_size,
+                    "value": size,
+                    "default": config.volume.default_size,
+                }
+            blocks.append(
+                {
+                    "id": f"mliy-g{gi}-c{ci}",
+                    "slug": slug,
+                    "display_name": config.display_name,
+                    # Admin-written HTML from the configuration, never user input.
+                    "description": Markup(config.description),
+                    "selected": chosen_block or (not chosen_group and ci == 0),
+                    "types": [rows[name] for name in types],
+                    "checked": checked,
+                    "volume": volume,
+                }
+            )
+        groups.append(
+            {
+                "id": f"mliy-g{gi}",
+                "name": group.name,
+                "selected": chosen_group,
+                "blocks": blocks,
+            }
+        )
     return groups
 
 
@@ -244,8 +258,9 @@ def options_from_query(query):
     return options
 
 
-def apply_options(spawner_like, user_options, *, groups, configs, default_group,
-                  user_group_names, kept=None):  # fmt: skip
+def apply_options(
+    spawner_like, user_options, *, groups, configs, default_group, user_group_names, kept=None
+):
     """Check ``user_options`` for one spawn; return the LaunchChoice or raise HTTP 400.
 
     ``groups`` is ``{name: LaunchGroup}``, ``configs`` ``{slug: SoftwareConfig}``,

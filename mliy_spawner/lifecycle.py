@@ -17,8 +17,9 @@ from botocore.exceptions import ClientError
 from jupyterhub.utils import maybe_future
 from tornado import web
 
-from . import aws, boot, plugins, stacks, userdata
+from . import boot, plugins, stacks, userdata
 from .placement import read_placement
+from .util import run_blocking
 
 try:  # JupyterHub 6: a policy failure, shown to the user without a traceback
     from jupyterhub.spawner import SpawnException
@@ -43,7 +44,7 @@ class StackLifecycle:
     # ---- AWS plumbing ------------------------------------------------------------------
 
     async def _aws(self, fn, *args):
-        return await aws.run_in_executor(fn, *args)
+        return await run_blocking(fn, *args)
 
     _placement_cache = None
 
@@ -127,10 +128,14 @@ class StackLifecycle:
 
     async def _record_owner(self):
         """Tell the store (and so the mliy service) which server owns the instance."""
-        await aws.run_in_executor(
-            self.store.record_instance, self.instance_id, self.user.name, self.name or "",
-            self.stack_id, self.stack_region or self.region,
-        )  # fmt: skip
+        await run_blocking(
+            self.store.record_instance,
+            self.instance_id,
+            self.user.name,
+            self.name or "",
+            self.stack_id,
+            self.stack_region or self.region,
+        )
         self._owner_recorded = self.instance_id
 
     def _check_alive(self):
@@ -191,7 +196,7 @@ class StackLifecycle:
                 parameters,
                 tags,
                 f"mliy-{uuid.uuid4()}",
-            )  # fmt: skip
+            )
         )
         try:
             stack_id, created = await asyncio.shield(create)
@@ -275,8 +280,10 @@ class StackLifecycle:
         if status != stacks.READY or instance is None or instance.state == "terminated":
             self.log.info(
                 "Stack %s of %s cannot be resumed (%s); launching a new one",
-                self.stack_name, self._log_name, stack.status if stack else "gone",
-            )  # fmt: skip
+                self.stack_name,
+                self._log_name,
+                stack.status if stack else "gone",
+            )
             if stack is not None:
                 await self._delete_stack()
             self._forget_stack()
@@ -291,9 +298,11 @@ class StackLifecycle:
             if instance.instance_type != choice.instance_type:
                 self._emit(f"Changing instance type to {choice.instance_type}")
                 await self._aws(
-                    stacks.set_instance_type, self.ec2_client, self.instance_id,
+                    stacks.set_instance_type,
+                    self.ec2_client,
+                    self.instance_id,
                     choice.instance_type,
-                )  # fmt: skip
+                )
             await self._aws(stacks.start_instance, self.ec2_client, self.instance_id)
         self.launch_options = choice.as_user_options()
         return True
@@ -380,7 +389,7 @@ class StackLifecycle:
             return
         if self.instance_id:
             try:  # the service no longer needs to know whose instance it was
-                await aws.run_in_executor(self.store.forget_instance, self.instance_id)
+                await run_blocking(self.store.forget_instance, self.instance_id)
             except Exception as e:
                 self.log.warning("Forgetting instance %s: %s", self.instance_id, e)
         self._forget_stack()

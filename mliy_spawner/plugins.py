@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aws
+from .util import run_blocking
 
 log = logging.getLogger("mliy.auth")
 
@@ -323,7 +323,7 @@ async def run_dns(plugin, action, instance_name, ip, log, time_limit=60):
         raise ValueError(f"DNS action {action!r} is not one of {', '.join(DNS_ACTIONS)}")
     fn = plugin.createDnsEntry if action == "create" else plugin.deleteDnsEntry
     try:
-        await asyncio.wait_for(aws.run_in_executor(fn, instance_name, ip), time_limit)
+        await asyncio.wait_for(run_blocking(fn, instance_name, ip), time_limit)
     except TimeoutError:
         log.warning(
             "DNS %s for %s (%s) did not finish within %s s (plugin %s)",

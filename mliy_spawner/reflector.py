@@ -19,7 +19,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from . import aws, stacks
+from . import stacks
+from .util import run_blocking
 
 log = logging.getLogger("mliy.aws")
 
@@ -93,9 +94,16 @@ class Reflector:
     """Cache of this hub's stacks and instances in one region, refreshed in the background."""
 
     def __init__(
-        self, ec2, cfn, hub_name, *, interval=10.0, min_interval=1.0, max_backoff=60.0,
+        self,
+        ec2,
+        cfn,
+        hub_name,
+        *,
+        interval=10.0,
+        min_interval=1.0,
+        max_backoff=60.0,
         stale_after=None,
-    ):  # fmt: skip
+    ):
         self.ec2 = ec2
         self.cfn = cfn
         self.hub_name = hub_name
@@ -240,23 +248,26 @@ class Reflector:
 
     async def _cycle(self, started):
         try:
-            instances = await aws.run_in_executor(list_instances, self.ec2, self.hub_name)
-            stacks = await aws.run_in_executor(list_stacks, self.cfn, self.hub_name)
+            instances = await run_blocking(list_instances, self.ec2, self.hub_name)
+            stacks = await run_blocking(list_stacks, self.cfn, self.hub_name)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self.failures += 1
             log.warning(
                 "Reflector for hub %s: refresh failed (%s); cache is %.0f s old",
-                self.hub_name, e, self.age,
-            )  # fmt: skip
+                self.hub_name,
+                e,
+                self.age,
+            )
             if self.age > self.stale_after and not self._warned_stale:
                 self._warned_stale = True
                 log.error(
                     "Reflector for hub %s: no fresh view of AWS for %.0f s; servers' states "
                     "are reported as unknown (running) until it recovers",
-                    self.hub_name, self.age,
-                )  # fmt: skip
+                    self.hub_name,
+                    self.age,
+                )
             return False
         self.instances = instances
         self.stacks = stacks

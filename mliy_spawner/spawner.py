@@ -506,13 +506,14 @@ class MLiySpawner(StackLifecycle, Spawner):
         stay as launched (its disk comes with them); only the instance type may change.
         """
         return form.apply_options(
-            self, user_options,
+            self,
+            user_options,
             groups=self.parsed_groups,
             configs=self.parsed_configs,
             default_group=self.default_launch_group,
             user_group_names=self._user_group_names(),
             kept=self.launch_options if self.stack_id else None,
-        )  # fmt: skip
+        )
 
     @staticmethod
     def _apply_user_options(spawner, user_options):
@@ -566,10 +567,15 @@ class MLiySpawner(StackLifecycle, Spawner):
             await self._record_owner()
             if not resumed and self.wait_for_boot and self._service_url():
                 await boot.wait_for_boot(
-                    self.store, self.instance_id, self._emit, self._check_alive,
-                    self.start_timeout, self.wait_backoff_start, self.boot_silence_limit,
+                    self.store,
+                    self.instance_id,
+                    self._emit,
+                    self._check_alive,
+                    self.start_timeout,
+                    self.wait_backoff_start,
+                    self.boot_silence_limit,
                     self.log,
-                )  # fmt: skip
+                )
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(resumed))
             raise
@@ -634,8 +640,9 @@ class MLiySpawner(StackLifecycle, Spawner):
                 try:
                     await self._wait(
                         lambda: self._instance_in({"stopped", "terminated"}) or None,
-                        "the instance to stop", 120,
-                    )  # fmt: skip
+                        "the instance to stop",
+                        120,
+                    )
                 except TimeoutError:
                     self.log.warning("Instance %s is still stopping", self.instance_id)
 

@@ -1,7 +1,7 @@
 """CloudFormation and EC2 calls for one notebook stack, and the pure helpers around them.
 
 The functions that take a client are blocking boto3 calls: the spawner runs them through
-:func:`mliy_spawner.aws.run_in_executor`. Everything else here is pure (names, parameters,
+:func:`mliy_spawner.util.run_blocking`. Everything else here is pure (names, parameters,
 status mapping, event messages) and is tested without AWS.
 """
 

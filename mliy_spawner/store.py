@@ -222,7 +222,7 @@ class Store:
     """Instance ownership and progress steps, in any SQLAlchemy database.
 
     Thread-safe; tables are created on first use. Every method is blocking: from async
-    code call it through ``run_in_executor``/``asyncio.to_thread``.
+    code call it through :func:`mliy_spawner.util.run_blocking`.
     """
 
     def __init__(self, url, max_steps=MAX_STEPS_PER_INSTANCE):

@@ -128,9 +128,12 @@ async def make_spawner(aws_env, spawner_config, tmp_path):
         settings.setdefault("store_url", f"sqlite:///{tmp_path}/mliy.sqlite")
         if reflector is None:
             reflector = Reflector(
-                settings["ec2_client"], settings["cfn_client"], "mliy",
-                interval=5.0, min_interval=0.02,
-            )  # fmt: skip
+                settings["ec2_client"],
+                settings["cfn_client"],
+                "mliy",
+                interval=5.0,
+                min_interval=0.02,
+            )
             made.append(reflector)
         spawner = MLiySpawner(
             user=fake_user(user, groups),

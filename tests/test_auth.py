@@ -630,9 +630,20 @@ def test_no_user_header_gets_401(hub, user):
         "<b>bold</b>",
         "alice\u0430",
     ],
-    ids=["dotdot", "space", "fullwidth", "dz", "zwj", "300", "tab", "traversal", "dots",
-         "html", "cyrillic"],
-)  # fmt: skip
+    ids=[
+        "dotdot",
+        "space",
+        "fullwidth",
+        "dz",
+        "zwj",
+        "300",
+        "tab",
+        "traversal",
+        "dots",
+        "html",
+        "cyrillic",
+    ],
+)
 def test_hostile_names_get_403(hub, user):
     response = login(hub, user)
     assert response.status_code == 403

@@ -6,7 +6,8 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from mliy_spawner.aws import make_client, run_in_executor
+from mliy_spawner.aws import make_client
+from mliy_spawner.util import run_blocking
 
 
 @pytest.fixture
@@ -29,8 +30,8 @@ def test_calls_are_logged_by_kind(ec2, caplog):
     assert "secret-looking-name" not in caplog.text and "i-0123456789abcdef0" not in caplog.text
 
 
-async def test_run_in_executor_uses_the_shared_pool(ec2):
+async def test_run_blocking_uses_the_shared_pool(ec2):
     import threading
 
-    name = await run_in_executor(lambda: threading.current_thread().name)
-    assert name.startswith("mliy-aws")
+    name = await run_blocking(lambda: threading.current_thread().name)
+    assert name.startswith("mliy-blocking")

@@ -135,56 +135,102 @@ def _drop(path):
 
 
 BAD_CONFIGS = [
-    ("not-a-dict", _set(("cpu",), ["ami-0123abcd"]),
-     "['cpu']: expected a dict"),
+    ("not-a-dict", _set(("cpu",), ["ami-0123abcd"]), "['cpu']: expected a dict"),
     ("bad-slug-upper", lambda raw: raw.update({"CPU": raw.pop("cpu")}), "slug must match"),
     ("bad-slug-space", lambda raw: raw.update({"my cpu": raw.pop("cpu")}), "slug must match"),
     ("bad-slug-newline", lambda raw: raw.update({"cpu\n": raw.pop("cpu")}), "slug must match"),
-    ("unknown-key", _set(("cpu", "instance_type"), "m4.large"),
-     "['cpu']: unknown keys ['instance_type']"),
+    (
+        "unknown-key",
+        _set(("cpu", "instance_type"), "m4.large"),
+        "['cpu']: unknown keys ['instance_type']",
+    ),
     ("missing-ami", _drop(("cpu", "ami_id")), "['cpu']: missing required key 'ami_id'"),
     ("bad-ami", _set(("cpu", "ami_id"), "ami-XYZ"), "['cpu'].ami_id: 'ami-XYZ' is not an AMI"),
     ("ami-trailing-newline", _set(("cpu", "ami_id"), "ami-0123abcd\n"), "['cpu'].ami_id"),
     ("ami-not-string", _set(("cpu", "ami_id"), 123), "['cpu'].ami_id: expected str, got 123"),
-    ("no-instance-types", _set(("cpu", "instance_types"), []),
-     "['cpu'].instance_types: must list at least one"),
-    ("instance-types-string", _set(("cpu", "instance_types"), "m4.large"),
-     "['cpu'].instance_types: expected list/tuple"),
-    ("bad-instance-type", _set(("cpu", "instance_types"), ["m4.large", "M4 Large"]),
-     "['cpu'].instance_types: invalid entry 'M4 Large'"),
-    ("instance-type-not-string", _set(("cpu", "instance_types"), ["m4.large", 4]),
-     "['cpu'].instance_types: invalid entry 4"),
-    ("default-type-not-listed", _set(("cpu", "default_instance_type"), "p2.xlarge"),
-     "['cpu'].default_instance_type: 'p2.xlarge' is not in instance_types"),
+    (
+        "no-instance-types",
+        _set(("cpu", "instance_types"), []),
+        "['cpu'].instance_types: must list at least one",
+    ),
+    (
+        "instance-types-string",
+        _set(("cpu", "instance_types"), "m4.large"),
+        "['cpu'].instance_types: expected list/tuple",
+    ),
+    (
+        "bad-instance-type",
+        _set(("cpu", "instance_types"), ["m4.large", "M4 Large"]),
+        "['cpu'].instance_types: invalid entry 'M4 Large'",
+    ),
+    (
+        "instance-type-not-string",
+        _set(("cpu", "instance_types"), ["m4.large", 4]),
+        "['cpu'].instance_types: invalid entry 4",
+    ),
+    (
+        "default-type-not-listed",
+        _set(("cpu", "default_instance_type"), "p2.xlarge"),
+        "['cpu'].default_instance_type: 'p2.xlarge' is not in instance_types",
+    ),
     ("params-not-dict", _set(("cpu", "params"), ["a"]), "['cpu'].params: expected dict"),
     ("params-value-list", _set(("cpu", "params"), {"Token": ["x"]}), "['cpu'].params['Token']"),
-    ("params-value-bool", _set(("cpu", "params"), {"Flag": True}),
-     "['cpu'].params['Flag']: True is not allowed; values must be strings or numbers"),
+    (
+        "params-value-bool",
+        _set(("cpu", "params"), {"Flag": True}),
+        "['cpu'].params['Flag']: True is not allowed; values must be strings or numbers",
+    ),
     ("display-name-not-string", _set(("cpu", "display_name"), 5), "['cpu'].display_name"),
-    ("template-missing", _set(("cpu", "template"), "/nonexistent/stack.yaml"),
-     "['cpu'].template: cannot read '/nonexistent/stack.yaml'"),
-    ("user-data-missing", _set(("cpu", "user_data"), "/nonexistent/boot.sh"),
-     "['cpu'].user_data: cannot read"),
+    (
+        "template-missing",
+        _set(("cpu", "template"), "/nonexistent/stack.yaml"),
+        "['cpu'].template: cannot read '/nonexistent/stack.yaml'",
+    ),
+    (
+        "user-data-missing",
+        _set(("cpu", "user_data"), "/nonexistent/boot.sh"),
+        "['cpu'].user_data: cannot read",
+    ),
     ("volume-not-dict", _set(("cpu", "volume"), 100), "['cpu'].volume: expected a dict"),
     ("volume-unknown-key", _set(("cpu", "volume", "size"), 5), "['cpu'].volume: unknown keys"),
-    ("volume-missing-max", _drop(("cpu", "volume", "max_size")),
-     "['cpu'].volume: missing required key 'max_size'"),
-    ("volume-default-above-max", _set(("cpu", "volume", "default_size"), 600),
-     "['cpu'].volume: need 1 <= min_size <= default_size <= max_size"),
-    ("volume-default-below-min", _set(("cpu", "volume", "default_size"), 5),
-     "['cpu'].volume: need 1 <= min_size"),
+    (
+        "volume-missing-max",
+        _drop(("cpu", "volume", "max_size")),
+        "['cpu'].volume: missing required key 'max_size'",
+    ),
+    (
+        "volume-default-above-max",
+        _set(("cpu", "volume", "default_size"), 600),
+        "['cpu'].volume: need 1 <= min_size <= default_size <= max_size",
+    ),
+    (
+        "volume-default-below-min",
+        _set(("cpu", "volume", "default_size"), 5),
+        "['cpu'].volume: need 1 <= min_size",
+    ),
     ("volume-min-zero", _set(("cpu", "volume", "min_size"), 0), "['cpu'].volume: need 1 <="),
-    ("volume-max-too-big", _set(("cpu", "volume", "max_size"), 20000),
-     "max_size <= 16384 GiB"),
-    ("volume-size-string", _set(("cpu", "volume", "max_size"), "500"),
-     "['cpu'].volume.max_size: expected int, got '500'"),
-    ("volume-size-bool", _set(("cpu", "volume", "default_size"), True),
-     "['cpu'].volume.default_size: expected int, got True"),
-    ("volume-size-float", _set(("cpu", "volume", "default_size"), 100.0),
-     "['cpu'].volume.default_size: expected int"),
-    ("volume-bad-device", _set(("cpu", "volume", "device"), "/dev/nvme1n1"),
-     "['cpu'].volume.device: '/dev/nvme1n1' is not a device"),
-]  # fmt: skip
+    ("volume-max-too-big", _set(("cpu", "volume", "max_size"), 20000), "max_size <= 16384 GiB"),
+    (
+        "volume-size-string",
+        _set(("cpu", "volume", "max_size"), "500"),
+        "['cpu'].volume.max_size: expected int, got '500'",
+    ),
+    (
+        "volume-size-bool",
+        _set(("cpu", "volume", "default_size"), True),
+        "['cpu'].volume.default_size: expected int, got True",
+    ),
+    (
+        "volume-size-float",
+        _set(("cpu", "volume", "default_size"), 100.0),
+        "['cpu'].volume.default_size: expected int",
+    ),
+    (
+        "volume-bad-device",
+        _set(("cpu", "volume", "device"), "/dev/nvme1n1"),
+        "['cpu'].volume.device: '/dev/nvme1n1' is not a device",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -206,30 +252,63 @@ def test_software_configs_must_be_a_dict():
 
 BAD_GROUPS = [
     ("entry-not-dict", _set(("students",), ["cpu"]), "['students']: expected a dict"),
-    ("empty-name", lambda raw: raw.update({"": raw.pop("students")}),
-     "['']: group names must be non-empty"),
-    ("unknown-key", _set(("students", "configs"), ["cpu"]),
-     "['students']: unknown keys ['configs']"),
-    ("missing-configs", _drop(("students", "software_configs")),
-     "['students']: missing required key 'software_configs'"),
-    ("no-configs", _set(("students", "software_configs"), []),
-     "['students'].software_configs: must list at least one"),
-    ("unknown-config", _set(("students", "software_configs"), ["cpu", "tpu"]),
-     "['students'].software_configs: unknown ['tpu']; defined: ['cpu', 'gpu']"),
-    ("configs-string", _set(("students", "software_configs"), "cpu"),
-     "['students'].software_configs: expected list/tuple"),
-    ("missing-security-groups", _drop(("students", "security_group_ids")),
-     "['students']: missing required key 'security_group_ids'"),
-    ("no-security-groups", _set(("students", "security_group_ids"), []),
-     "['students'].security_group_ids: must list at least one security group id"),
-    ("bad-security-group", _set(("students", "security_group_ids"), ["default"]),
-     "['students'].security_group_ids: invalid entry 'default'"),
-    ("excludes-every-type", _set(("data-science", "excluded_instance_types"), ["p2.xlarge"]),
-     "['data-science'].excluded_instance_types: excludes every instance type of 'gpu'"),
-    ("excluded-not-list", _set(("students", "excluded_instance_types"), "m4.large"),
-     "['students'].excluded_instance_types: expected list/tuple"),
+    (
+        "empty-name",
+        lambda raw: raw.update({"": raw.pop("students")}),
+        "['']: group names must be non-empty",
+    ),
+    (
+        "unknown-key",
+        _set(("students", "configs"), ["cpu"]),
+        "['students']: unknown keys ['configs']",
+    ),
+    (
+        "missing-configs",
+        _drop(("students", "software_configs")),
+        "['students']: missing required key 'software_configs'",
+    ),
+    (
+        "no-configs",
+        _set(("students", "software_configs"), []),
+        "['students'].software_configs: must list at least one",
+    ),
+    (
+        "unknown-config",
+        _set(("students", "software_configs"), ["cpu", "tpu"]),
+        "['students'].software_configs: unknown ['tpu']; defined: ['cpu', 'gpu']",
+    ),
+    (
+        "configs-string",
+        _set(("students", "software_configs"), "cpu"),
+        "['students'].software_configs: expected list/tuple",
+    ),
+    (
+        "missing-security-groups",
+        _drop(("students", "security_group_ids")),
+        "['students']: missing required key 'security_group_ids'",
+    ),
+    (
+        "no-security-groups",
+        _set(("students", "security_group_ids"), []),
+        "['students'].security_group_ids: must list at least one security group id",
+    ),
+    (
+        "bad-security-group",
+        _set(("students", "security_group_ids"), ["default"]),
+        "['students'].security_group_ids: invalid entry 'default'",
+    ),
+    (
+        "excludes-every-type",
+        _set(("data-science", "excluded_instance_types"), ["p2.xlarge"]),
+        "['data-science'].excluded_instance_types: excludes every instance type of 'gpu'",
+    ),
+    (
+        "excluded-not-list",
+        _set(("students", "excluded_instance_types"), "m4.large"),
+        "['students'].excluded_instance_types: expected list/tuple",
+    ),
     ("key-name-not-string", _set(("students", "key_name"), ["k"]), "['students'].key_name"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(
@@ -272,8 +351,12 @@ def _resume_setup():
     groups = parse_launch_groups(
         {"g": {"security_group_ids": ["sg-12345678"], "software_configs": ["py", "r"]}}, configs
     )
-    kept = {"launch_group": "g", "software_config": "py", "instance_type": "t2.micro",
-            "volume_size": 20}  # fmt: skip
+    kept = {
+        "launch_group": "g",
+        "software_config": "py",
+        "instance_type": "t2.micro",
+        "volume_size": 20,
+    }
     return configs, list(groups.values()), kept
 
 

@@ -168,8 +168,13 @@ def test_one_group_has_no_group_select(setup):
     assert form.find("input", name="software_config:students", type="hidden")[0]["value"] == ("cpu")
     radios = form.find("input", type="radio")
     assert {r["name"] for r in radios} == {"instance_type:students:cpu"}
-    assert [r["value"] for r in radios] == ["m4.large", "t2.nano", "r4.large", "m3.medium",
-                                            "z9.large"]  # fmt: skip
+    assert [r["value"] for r in radios] == [
+        "m4.large",
+        "t2.nano",
+        "r4.large",
+        "m3.medium",
+        "z9.large",
+    ]
 
 
 def test_two_groups_have_a_select_and_a_block_per_config(setup):
@@ -192,9 +197,8 @@ def test_two_groups_have_a_select_and_a_block_per_config(setup):
     assert by_name == {
         "instance_type:data-science:cpu": ["m4.large", "t2.nano", "m3.medium", "z9.large"],
         "instance_type:data-science:gpu": ["p2.xlarge"],
-        "instance_type:students:cpu": ["m4.large", "t2.nano", "r4.large", "m3.medium",
-                                       "z9.large"],
-    }  # fmt: skip
+        "instance_type:students:cpu": ["m4.large", "t2.nano", "r4.large", "m3.medium", "z9.large"],
+    }
     # Ids are unique and every label points at a field.
     ids = [a["id"] for _, a in form.elements if "id" in a]
     assert len(ids) == len(set(ids))
@@ -213,8 +217,13 @@ def test_prices_from_the_shipped_catalog(setup):
     assert form.row("mliy-g0-c0", "t2.nano")[2:] == ["1", "0.5", "$0.0059"]
     assert form.row("mliy-g0-c0", "r4.large")[2:] == ["2", "15.25", "$0.133"]
     # Not in the catalog at all.
-    assert form.row("mliy-g0-c0", "z9.large") == ["", "z9.large", "unknown", "unknown",
-                                                  "price unknown"]  # fmt: skip
+    assert form.row("mliy-g0-c0", "z9.large") == [
+        "",
+        "z9.large",
+        "unknown",
+        "unknown",
+        "price unknown",
+    ]
 
 
 def test_prices_follow_the_region(setup):
@@ -241,8 +250,11 @@ def test_volume_input_bounds(setup):
     (volume,) = form.find("input", type="number")
     assert volume["name"] == "volume_size:data-science:cpu"
     assert (volume["min"], volume["max"], volume["value"], volume["step"]) == (
-        "10", "500", "100", "1"
-    )  # fmt: skip
+        "10",
+        "500",
+        "100",
+        "1",
+    )
     # The gpu configuration has no volume: its block has no size field.
     assert not [
         a for _, a in form.elements if a.get("name", "").startswith("volume_size:data-science:gpu")
@@ -264,14 +276,22 @@ def test_defaults_are_preselected(setup):
 @pytest.mark.parametrize(
     "saved",
     [
-        {"launch_group": "students", "software_config": "cpu", "instance_type": "r4.large",
-         "volume_size": 321},
+        {
+            "launch_group": "students",
+            "software_config": "cpu",
+            "instance_type": "r4.large",
+            "volume_size": 321,
+        },
         {"launch_group": "data-science", "software_config": "gpu", "instance_type": "p2.xlarge"},
-        {"launch_group": "data-science", "software_config": "cpu", "instance_type": "m3.medium",
-         "volume_size": 10},
+        {
+            "launch_group": "data-science",
+            "software_config": "cpu",
+            "instance_type": "m3.medium",
+            "volume_size": 10,
+        },
     ],
     ids=["students-r4", "gpu", "cpu-m3"],
-)  # fmt: skip
+)
 def test_saved_options_are_preselected(setup, saved):
     html, form = render(setup, ["data-science", "students"], saved=saved)
     assert [v for v, chosen, _ in form.options["launch_group"] if chosen] == [saved["launch_group"]]
@@ -298,11 +318,11 @@ def test_saved_options_no_longer_allowed_fall_back_to_defaults(setup):
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=["script", "attribute", "template"])
-@pytest.mark.parametrize("field", ["launch_group", "software_config", "instance_type",
-                                   "volume_size"])  # fmt: skip
+@pytest.mark.parametrize(
+    "field", ["launch_group", "software_config", "instance_type", "volume_size"]
+)
 def test_hostile_saved_options_never_echoed(setup, field, value):
-    html, form = render(setup, ["data-science", "students"], saved={field: value},
-                        user_name=value)  # fmt: skip
+    html, form = render(setup, ["data-science", "students"], saved={field: value}, user_name=value)
     for marker in RAW_MARKERS:
         assert marker not in html
     assert value not in html
@@ -326,10 +346,12 @@ def test_hostile_names_from_configuration_are_escaped(setup):
     # Group names come from JupyterHub's groups; display names are admin text, not HTML.
     configs = dict(setup.configs)
     groups = parse_launch_groups(
-        {value: {"security_group_ids": ["sg-0123abcd"], "software_configs": ["cpu"]}
-         for value in HOSTILE},
+        {
+            value: {"security_group_ids": ["sg-0123abcd"], "software_configs": ["cpu"]}
+            for value in HOSTILE
+        },
         configs,
-    )  # fmt: skip
+    )
     html = render_form(
         user_name="alice",
         available_groups=list(groups.values()),

@@ -340,9 +340,18 @@ def test_dns_display_name_falls_back_to_the_ip(tmp_path):
         ("cn = spaced , dc = x", [[("cn", "spaced")], [("dc", "x")]]),
         (r"CN=a\+b\=c\\d,DC=x", [[("CN", "a+b=c\\d")], [("DC", "x")]]),
     ],
-    ids=["plain", "escaped-comma", "hex-comma", "utf8-hex", "quoted", "multi-valued",
-         "escaped-space", "spaces", "escapes"],
-)  # fmt: skip
+    ids=[
+        "plain",
+        "escaped-comma",
+        "hex-comma",
+        "utf8-hex",
+        "quoted",
+        "multi-valued",
+        "escaped-space",
+        "spaces",
+        "escapes",
+    ],
+)
 def test_parse_dn(dn, expected):
     assert parse_dn(dn) == expected
 

@@ -42,10 +42,22 @@ def view(stack_status=None, instance_state=None, fresh=True, launched_later=Fals
         ("CREATE_COMPLETE", "stopped", False, False, None),
         (None, None, False, False, None),
     ],
-    ids=["running", "pending", "stack-creating", "stopped", "stopping", "terminated",
-         "instance-gone", "rolled-back", "deleting", "stack-gone", "view-predates-launch",
-         "stale-stopped", "stale-gone"],
-)  # fmt: skip
+    ids=[
+        "running",
+        "pending",
+        "stack-creating",
+        "stopped",
+        "stopping",
+        "terminated",
+        "instance-gone",
+        "rolled-back",
+        "deleting",
+        "stack-gone",
+        "view-predates-launch",
+        "stale-stopped",
+        "stale-gone",
+    ],
+)
 def test_server_status(stack_status, instance_state, fresh, launched_later, expected):
     reflector, since = view(stack_status, instance_state, fresh, launched_later)
     assert reflector.server_status(STACK, "i-1", since) == expected

@@ -459,9 +459,11 @@ def test_token_in_url_is_not_accepted(hub):
     instance_id, token = _server(hub, "urly")
     for headers in ({}, {"Sec-Fetch-Mode": "websocket"}):  # HubAuth reads it for websockets
         r = hub.service(
-            "POST", f"api/progress/{instance_id}?token={token}",
-            json={"step": "x", "percent": 1}, headers=headers,
-        )  # fmt: skip
+            "POST",
+            f"api/progress/{instance_id}?token={token}",
+            json={"step": "x", "percent": 1},
+            headers=headers,
+        )
         assert r.status_code == 401
 
 

@@ -182,14 +182,21 @@ async def test_default_launch_group_lets_groupless_users_spawn(aws_env, make_spa
     [
         ({"software_configs": {"x": {"instance_types": ["t2.micro"]}}}, "ami_id"),
         ({"software_configs": {"Bad Slug": {}}}, "Bad Slug"),
-        ({"launch_groups": {"g": {"software_configs": ["nope"], "security_group_ids": []}}},
-         "software_configs"),
+        (
+            {"launch_groups": {"g": {"software_configs": ["nope"], "security_group_ids": []}}},
+            "software_configs",
+        ),
         ({"default_launch_group": "nope"}, "default_launch_group"),
         ({"stop_action": "hibernate"}, "stop_action"),
     ],
-    ids=["missing-ami", "bad-slug", "unknown-config-in-group", "unknown-default-group",
-         "bad-stop-action"],
-)  # fmt: skip
+    ids=[
+        "missing-ami",
+        "bad-slug",
+        "unknown-config-in-group",
+        "unknown-default-group",
+        "bad-stop-action",
+    ],
+)
 def test_bad_config_fails_at_startup_naming_the_key(spawner_config, traits, key):
     from traitlets.config import Config
 
@@ -249,10 +256,16 @@ def test_stack_status_mapping():
 
 @pytest.mark.parametrize(
     "user, server",
-    [("alice", ""), ("a.b@example.com", "my server"), ("x" * 300, "y" * 300),
-     ("élodie", "—"), ("1abc", "9"), ("a--b", "../../etc")],
+    [
+        ("alice", ""),
+        ("a.b@example.com", "my server"),
+        ("x" * 300, "y" * 300),
+        ("élodie", "—"),
+        ("1abc", "9"),
+        ("a--b", "../../etc"),
+    ],
     ids=["plain", "email-space", "long", "unicode", "digits", "traversal"],
-)  # fmt: skip
+)
 def test_stack_names_are_valid_and_distinct(user, server):
     import re
 
@@ -293,9 +306,16 @@ async def test_cancel_while_creating_stack_deletes_it(aws_env, make_spawner):
         ({"software_config": ["python"]}, "software_config"),
         ({"image": "ami-12345678"}, "user_options"),
     ],
-    ids=["config-not-in-group", "not-my-group", "excluded-type", "volume-too-big",
-         "volume-injection", "list-type", "unexpected-key"],
-)  # fmt: skip
+    ids=[
+        "config-not-in-group",
+        "not-my-group",
+        "excluded-type",
+        "volume-too-big",
+        "volume-injection",
+        "list-type",
+        "unexpected-key",
+    ],
+)
 async def test_hostile_options_rejected_before_any_aws_call(aws_env, make_spawner, options, field):
     from collections import Counter
 
@@ -318,9 +338,13 @@ async def test_options_form_lists_choices_with_prices(aws_env, make_spawner):
     assert "<b>mallory</b>" not in html
     assert 'name="launch_group"' in html
     options = spawner.options_from_form(
-        {"launch_group": ["analysts"], "software_config:analysts": ["python"],
-         "instance_type:analysts:python": ["t2.medium"], "volume_size:analysts:python": ["25"]}
-    )  # fmt: skip
+        {
+            "launch_group": ["analysts"],
+            "software_config:analysts": ["python"],
+            "instance_type:analysts:python": ["t2.medium"],
+            "volume_size:analysts:python": ["25"],
+        }
+    )
     assert options == {
         "launch_group": "analysts",
         "software_config": "python",

@@ -302,9 +302,12 @@ def test_instance_environment_adds_bootstrap_values():
     from mliy_spawner.userdata import instance_environment
 
     env = instance_environment(
-        {"JUPYTERHUB_API_TOKEN": "t"}, service_url="http://hub/services/mliy/",
-        notebook_port=8888, user_name="Bob", volume_device="/dev/sdf",
-    )  # fmt: skip
+        {"JUPYTERHUB_API_TOKEN": "t"},
+        service_url="http://hub/services/mliy/",
+        notebook_port=8888,
+        user_name="Bob",
+        volume_device="/dev/sdf",
+    )
     assert env == {
         "JUPYTERHUB_API_TOKEN": "t",
         "MLIY_SERVICE_URL": "http://hub/services/mliy/",

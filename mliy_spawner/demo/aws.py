@@ -129,6 +129,11 @@ def seed_account(endpoint_url, region=REGION):
     )
     log.info(
         "AWS stand-in at %s: VPC %s, subnet %s (%s), AMI %s, Route 53 zone %s",
-        endpoint_url, vpc_id, seed.subnet_id, seed.availability_zone, seed.ami_id, DNS_ZONE,
-    )  # fmt: skip
+        endpoint_url,
+        vpc_id,
+        seed.subnet_id,
+        seed.availability_zone,
+        seed.ami_id,
+        DNS_ZONE,
+    )
     return seed

@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..util import run_blocking
 from .runner import read_addresses
 
 log = logging.getLogger("mliy.demo")
@@ -35,7 +36,7 @@ class LocalAddressHook:
     async def __call__(self, spawner, instance):
         deadline = time.monotonic() + self.timeout
         while True:
-            addresses = await asyncio.to_thread(read_addresses, self.path)
+            addresses = await run_blocking(read_addresses, self.path)
             address = addresses.get(instance.instance_id)
             if address is not None:
                 host, port = address

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from jupyterhub.services.auth import check_scopes
 
 from .. import aws
+from ..util import run_blocking
 from .hub import HubAPIError, server_label
 
 log = logging.getLogger("mliy.service")
@@ -158,9 +159,9 @@ class InstanceActions:
         from botocore.exceptions import BotoCoreError, ClientError
 
         # building a client loads botocore's service models from disk: not on the loop
-        client = await aws.run_in_executor(self._cloudformation, record.region)
+        client = await run_blocking(self._cloudformation, record.region)
         try:
-            await aws.run_in_executor(client.delete_stack, StackName=record.stack_id)
+            await run_blocking(client.delete_stack, StackName=record.stack_id)
         except ClientError as e:
             error = e.response.get("Error", {})
             raise ActionError(

@@ -25,8 +25,8 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 from jupyterhub.services.auth import HubAuth, HubOAuth
 from tornado import web
 
-from .. import aws
 from ..store import Store, store_url_from_env
+from ..util import run_blocking
 from .actions import InstanceActions
 from .handlers import (
     InstanceActionHandler,
@@ -143,7 +143,7 @@ class Context:
         self.actions = InstanceActions(
             self.hub,
             self.store,
-            run_blocking=aws.run_in_executor,
+            run_blocking=run_blocking,
             aws_endpoint_url=settings.aws_endpoint_url,
             stop_timeout=settings.stop_timeout,
         )

@@ -15,8 +15,8 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
-from .. import aws
 from ..store import ProgressLimitError
+from ..util import run_blocking
 from .actions import ACTIONS, ActionError, refusal
 from .validation import ReportError, parse_json_report, parse_mliy_report, show
 
@@ -105,7 +105,7 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         return model
 
     async def instance(self, instance_id, status_if_unknown):
-        record = await aws.run_in_executor(self.context.store.owner, instance_id)
+        record = await run_blocking(self.context.store.owner, instance_id)
         if record is None:
             raise APIError(
                 status_if_unknown,
@@ -148,7 +148,7 @@ class ProgressHandler(BaseHandler):
 
     async def save(self, record, report):
         try:
-            saved = await aws.run_in_executor(
+            saved = await run_blocking(
                 self.context.store.add_progress,
                 record.instance_id,
                 report.step,
@@ -263,7 +263,7 @@ class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):
     @web.authenticated
     async def get(self):
         user = self.current_user["name"]
-        rows = await aws.run_in_executor(self._rows, user)
+        rows = await run_blocking(self._rows, user)
         template = self.context.templates.get_template("service_instances.html")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")

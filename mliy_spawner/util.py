@@ -1,0 +1,111 @@
+"""Small helpers every module shares, written once.
+
+- :func:`run_blocking`: the one road for a blocking call (boto3, the store, DNS plugins,
+  file reads, template rendering). It runs on one shared, bounded thread pool, so the
+  hub's event loop never waits on I/O.
+- :func:`shorten`: a value made short enough for a message or a log line.
+- :func:`control_character`: the first control or invisible character of a text.
+- :func:`user_error`: the error JupyterHub shows a user as it is (a spawn, a login).
+- :class:`StatusError`: an error that carries the HTTP status to answer with.
+- :func:`template_environment`: jinja2 with the admin's folders before the shipped ones.
+- :func:`backoff`: the growing pauses of every retry or wait loop.
+"""
+
+import asyncio
+import functools
+import threading
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
+from tornado import web
+
+try:  # JupyterHub 6: a policy failure, shown to the user without a traceback
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # JupyterHub 5.x
+    SpawnException = None
+
+# boto3 clients are thread-safe; the pool bounds how many blocking calls run at once
+# (EC2 throttles mutating calls at about 5/s, so more threads would only queue there).
+POOL_WORKERS = 16
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def blocking_pool():
+    """The shared thread pool for blocking calls (created on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="mliy-blocking")
+        return _pool
+
+
+async def run_blocking(fn, /, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on the shared pool and await its result."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(blocking_pool(), functools.partial(fn, *args, **kwargs))
+
+
+def shorten(value, limit=80):
+    """``repr(value)`` cut to ``limit`` characters: user values can be megabytes long."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        return f"{text[: limit - 1]}… ({len(value)} characters)"
+    return text[: limit - 1] + "…"
+
+
+def control_character(text):
+    """The first control or invisible character in ``text`` (Unicode category C, or a
+    line or paragraph separator), or None when there is none."""
+    for c in text:
+        category = unicodedata.category(c)
+        if category[0] == "C" or category in ("Zl", "Zp"):
+            return c
+    return None
+
+
+def user_error(status_code, message, reason=None):
+    """An error whose ``message`` JupyterHub shows the user as it is (escaped).
+
+    With a ``reason`` (a failed or refused spawn) and JupyterHub 6, a ``SpawnException``:
+    the spawn page and the REST API show its message without a traceback. Otherwise an
+    ``HTTPError`` carrying ``jupyterhub_message``, which the hub's error page shows.
+    """
+    if reason is not None and SpawnException is not None:
+        error = SpawnException(message, reason=reason, status_code=status_code)
+    else:
+        # "%s" keeps tornado from %-formatting a message that holds user input
+        error = web.HTTPError(status_code, "%s", message)
+    error.jupyterhub_message = message
+    return error
+
+
+class StatusError(Exception):
+    """An error to answer with HTTP ``status``; ``message`` is safe to show the caller."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@functools.lru_cache(maxsize=16)
+def template_environment(admin_paths=()):
+    """A jinja2 environment (autoescape on) over ``admin_paths``, then the shipped
+    ``mliy_spawner/templates``, so admins can override any template by its name."""
+    loader = ChoiceLoader(
+        [FileSystemLoader(list(admin_paths)), PackageLoader("mliy_spawner", "templates")]
+    )
+    return Environment(loader=loader, autoescape=True)
+
+
+def backoff(start, maximum, factor=1.5):
+    """Pauses for a wait or retry loop: ``start``, then ``factor`` times longer each
+    time, never above ``maximum``."""
+    delay = start
+    while True:
+        yield delay
+        delay = min(delay * factor, maximum)
