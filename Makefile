@@ -6,7 +6,16 @@ BIN := $(VENV)/bin
 CHP := $(NODE_PREFIX)/node_modules/.bin/configurable-http-proxy
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin:$(PATH)
 
-.PHONY: demo test lint bench install clean
+# Debian packages, one word each. scripts/system-deps installs the missing ones with
+# apt-get when run as root, else stops naming the command to run. (Lint needs none:
+# ruff, cfn-lint and shellcheck come from pip.)
+NODE_DEPS := nodejs npm
+TEST_DEPS := $(NODE_DEPS) chromium
+ifneq ($(findstring not browser,$(PYTEST_ARGS)),)
+TEST_DEPS := $(filter-out chromium,$(TEST_DEPS))
+endif
+
+.PHONY: demo test test-deps lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +26,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
 	touch $@
 
 $(CHP):
+	scripts/system-deps $(NODE_DEPS)
 	npm install --silent --prefix $(NODE_PREFIX) configurable-http-proxy@5
 
 install: $(VENV)/.installed $(CHP)
@@ -24,14 +34,17 @@ install: $(VENV)/.installed $(CHP)
 demo: install
 	$(BIN)/python -m mliy_spawner.demo
 
-test: install
+test: test-deps install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-deps:
+	scripts/system-deps $(TEST_DEPS)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint cloudformation/*.yaml
-	$(BIN)/shellcheck userdata/*.sh
+	$(BIN)/shellcheck userdata/*.sh scripts/system-deps .ci/run
 
 bench: install
 	$(BIN)/python benchmarks/pricing.py
