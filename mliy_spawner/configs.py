@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from .assets import asset_path
+from .util import shorten
 
 USER_OPTION_KEYS = ("launch_group", "software_config", "instance_type", "volume_size")
 
@@ -20,12 +21,6 @@ _INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _DEVICE = re.compile(r"^/dev/(sd|xvd)[b-z]$")
 _SG = re.compile(r"^sg-[0-9a-f]{8,17}$")
-
-
-def _short(value, limit=80):
-    """``repr(value)``, cut to ``limit`` characters: user values can be megabytes long."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ConfigError(ValueError):
@@ -39,7 +34,7 @@ class OptionsError(ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: {_short(value)} is not allowed; {allowed}")
+        super().__init__(f"{field}: {shorten(value)} is not allowed; {allowed}")
 
 
 @dataclass(frozen=True)

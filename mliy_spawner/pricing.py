@@ -20,7 +20,7 @@ The file is a JSON array with one record per instance type (``instance_type``, `
   and the value: a wrong price shown to users is worse than a refused file. So do a record
   without a non-empty ``instance_type``, a duplicate type, a ``vCPU`` that is not a whole
   number or a ``memory`` that is not a number, and non-objects where objects belong.
-- :func:`get_catalog` / :func:`default_catalog` share one catalog per path in the process.
+- :func:`get_catalog` shares one catalog per path in the process.
 - ``mliy-pricing`` (:func:`main`): ``show``, ``list`` and ``refresh`` (validate a file or
   URL with the same parser, then replace the catalog atomically).
 """
@@ -42,6 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from .assets import asset_path
+from .util import shorten
 
 # under mliy.launch: its level and its launch.log (mliy_spawner.logs) apply
 log = logging.getLogger("mliy.launch.pricing")
@@ -74,11 +75,6 @@ class _Index:
     types: list  # instance types, sorted by family prefix, size, name
 
 
-def _short(value):
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _price(value, where):
     # The common case first (this runs for every price in the file); same rule as _PRICE_RE.
     if type(value) is str and value.isascii() and value.replace(".", "", 1).isdigit():
@@ -93,7 +89,7 @@ def _price(value, where):
     allowed = "a number like '0.108', or '', 'N/A' or null for none"
     at, region, os_name, key = where  # the message is only built when needed
     where = f"{at}: pricing[{region!r}][{os_name!r}][{key!r}]"
-    raise PricingError(f"{where} is {_short(value)}, not a price (allowed: {allowed})")
+    raise PricingError(f"{where} is {shorten(value)}, not a price (allowed: {allowed})")
 
 
 def _record(index, rec, source):
@@ -101,28 +97,28 @@ def _record(index, rec, source):
         raise PricingError(f"{source}: record {index} is {type(rec).__name__}, not an object")
     name = rec.get("instance_type")
     if not isinstance(name, str) or not name.strip():
-        got = "no 'instance_type'" if name is None else f"'instance_type' {_short(name)}"
+        got = "no 'instance_type'" if name is None else f"'instance_type' {shorten(name)}"
         raise PricingError(f"{source}: record {index} has {got} (a non-empty string is required)")
     at = f"{source}: record {index} ({name})"
     vcpu, memory = rec.get("vCPU"), rec.get("memory")
     if not isinstance(vcpu, int) or isinstance(vcpu, bool) or vcpu < 0:
-        raise PricingError(f"{at}: 'vCPU' is {_short(vcpu)}, not a whole number")
+        raise PricingError(f"{at}: 'vCPU' is {shorten(vcpu)}, not a whole number")
     if not isinstance(memory, int | float) or isinstance(memory, bool) or not 0 <= memory < 1e9:
-        raise PricingError(f"{at}: 'memory' is {_short(memory)}, not a number of GiB")
+        raise PricingError(f"{at}: 'memory' is {shorten(memory)}, not a number of GiB")
     info = InstanceInfo(
         name, vcpu, float(memory), str(rec.get("pretty_name") or name), str(rec.get("family") or "")
     )
     prices, emr = {}, {}
     pricing = {} if rec.get("pricing") is None else rec["pricing"]
     if not isinstance(pricing, dict):
-        raise PricingError(f"{at}: 'pricing' is {_short(pricing)}, not an object")
+        raise PricingError(f"{at}: 'pricing' is {shorten(pricing)}, not an object")
     for region, by_os in pricing.items():
         if not isinstance(by_os, dict):
-            raise PricingError(f"{at}: pricing[{region!r}] is {_short(by_os)}, not an object")
+            raise PricingError(f"{at}: pricing[{region!r}] is {shorten(by_os)}, not an object")
         for os_name, terms in by_os.items():
             if not isinstance(terms, dict):
                 where = f"{at}: pricing[{region!r}][{os_name!r}]"
-                raise PricingError(f"{where} is {_short(terms)}, not an object")
+                raise PricingError(f"{where} is {shorten(terms)}, not an object")
             key = "emr" if os_name == "emr" else "ondemand"
             value = _price(terms.get(key), (at, region, os_name, key))
             if value is not None and os_name == "emr":
@@ -237,11 +233,6 @@ def get_catalog(path=None) -> PriceCatalog:
         if key not in _catalogs:
             _catalogs[key] = PriceCatalog(key)
         return _catalogs[key]
-
-
-def default_catalog() -> PriceCatalog:
-    """The shared catalog of the shipped ``pricing/instances.json``."""
-    return get_catalog(None)
 
 
 def _fetch(source):

@@ -75,7 +75,7 @@ def test_installed_wheel_resolves_defaults_inside_the_package(wheel, tmp_path):
         "cfg = c.parse_software_configs({'x': {'ami_id': 'ami-12345678',"
         " 'instance_types': ['t2.micro'], 'params': {'python_packages': ''}}})['x'];"
         "print(mliy_spawner.__file__); print(cfg.template); print(cfg.user_data);"
-        "print(p.default_catalog().price('m4.large', 'us-east-1'))"
+        "print(p.get_catalog().price('m4.large', 'us-east-1'))"
     )
     # run from an empty folder so the checkout is not importable
     result = subprocess.run(

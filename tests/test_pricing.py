@@ -19,7 +19,6 @@ from mliy_spawner.pricing import (
     InstanceInfo,
     PriceCatalog,
     PricingError,
-    default_catalog,
     get_catalog,
     main,
     parse_catalog,
@@ -189,7 +188,7 @@ import sys
 opened = []
 sys.addaudithook(lambda event, args: event == "open" and opened.append(str(args[0])))
 import mliy_spawner.pricing as pricing
-catalog = pricing.default_catalog()
+catalog = pricing.get_catalog()
 before = [name for name in opened if name.endswith("instances.json")]
 prices = [catalog.price("m4.large") for _ in range(100)]
 after = [name for name in opened if name.endswith("instances.json")]
@@ -212,12 +211,12 @@ def test_missing_file_on_first_load(tmp_path):
 
 
 def test_shared_catalogs(tmp_path, monkeypatch):
-    assert default_catalog() is get_catalog() is get_catalog(str(REAL)) is get_catalog(REAL)
-    assert default_catalog().price("m4.large") == Decimal("0.108")
+    assert get_catalog() is get_catalog(None) is get_catalog(str(REAL)) is get_catalog(REAL)
+    assert get_catalog().price("m4.large") == Decimal("0.108")
     path = write(tmp_path / "other.json", [record()])
     monkeypatch.chdir(tmp_path)
     assert get_catalog("other.json") is get_catalog(path)
-    assert get_catalog(path) is not default_catalog()
+    assert get_catalog(path) is not get_catalog()
 
 
 # --- what a price value may be ----------------------------------------------------------
