@@ -38,6 +38,7 @@ from tornado import web
 from traitlets import List, TraitError, Unicode, default, observe, validate
 
 from .plugins import PluginError, load_auth_plugin
+from .util import control_character, shorten, user_error
 
 log = logging.getLogger("mliy.auth")
 
@@ -55,6 +56,8 @@ GROUP_MAX_LENGTH = 255
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # a Unix-socket peer has no IP; it is local, so it counts as loopback
 UNIX_PEER = "unix-socket"
+# what a user sees when the auth plugin fails or answers nonsense (the log has the rest)
+PLUGIN_FAILED = "The hub's sign-in plugin failed; the hub's log has the details."
 
 
 # --- pure helpers --------------------------------------------------------------------------
@@ -78,7 +81,7 @@ def username_problem(name):
         return "contains look-alike characters (it changes under Unicode NFKC normalization)"
     for c in name:
         if c not in _USERNAME_CHARS:
-            if unicodedata.category(c).startswith("C"):
+            if control_character(c):
                 return f"contains the control or invisible character U+{ord(c):04X}"
             if ord(c) > 127:
                 return f"contains the non-ASCII character {c!r} (U+{ord(c):04X})"
@@ -88,13 +91,6 @@ def username_problem(name):
     if ".." in name:
         return "contains '..'"
     return None
-
-
-def shorten(value, limit=40):
-    """``repr`` of ``value`` cut to ``limit`` characters, for messages and logs."""
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}... ({len(value)} characters)"
-    return repr(value)
 
 
 @functools.lru_cache(maxsize=32)
@@ -213,14 +209,15 @@ class RequestHeaders(Mapping):
         return f"RequestHeaders({sorted(self._names.values())})"
 
 
-def clean_groups(groups, source):
-    """Check the plugin's group list; drop (and log) names JupyterHub cannot hold.
+def clean_groups(groups, source, function="processAuthUserGroups"):
+    """Check the group list ``function`` (in ``source``) gave; drop (and log) names
+    JupyterHub cannot hold, and repeats.
 
     Raises PluginError if ``groups`` is not a list of names at all.
     """
     if isinstance(groups, (str, bytes)) or not isinstance(groups, (list, tuple, set, frozenset)):
         raise PluginError(
-            f"processAuthUserGroups in {source} returned {shorten(groups)}; it must return "
+            f"{function} in {source} returned the groups {shorten(groups)}; they must be "
             "a list of group names"
         )
     cleaned = []
@@ -234,21 +231,13 @@ def clean_groups(groups, source):
                 problem = "is empty"
             elif len(group) > GROUP_MAX_LENGTH:
                 problem = f"has {len(group)} characters (at most {GROUP_MAX_LENGTH})"
-            elif any(unicodedata.category(c).startswith("C") for c in group):
+            elif control_character(group):
                 problem = "contains control or invisible characters"
         if problem:
             log.warning("ignoring group %s from the directory: it %s", shorten(group), problem)
             continue
-        if group not in cleaned:
-            cleaned.append(group)
-    return cleaned
-
-
-def refuse(status, message):
-    """An HTTPError whose ``message`` JupyterHub's error page shows (escaped)."""
-    error = web.HTTPError(status, "%s", message)
-    error.jupyterhub_message = message
-    return error
+        cleaned.append(group)
+    return list(dict.fromkeys(cleaned))
 
 
 # --- the authenticator ----------------------------------------------------------------------
@@ -276,7 +265,7 @@ class MLiyLoginHandler(BaseHandler):
                 "Ask the hub's administrators for access."
             )
             log.warning("header login refused by the hub's allow/block lists for %s", shorten(raw))
-            raise refuse(403, message)
+            raise user_error(403, message)
         self.redirect(self.get_next_url(user))
 
 
@@ -443,7 +432,7 @@ class MLiyAuthenticator(Authenticator):
                 peer or "an unknown address",
                 ", ".join(self.trusted_proxies) or "empty",
             )
-            raise refuse(
+            raise user_error(
                 403,
                 f"This login request came from {peer or 'an unknown address'}, not through "
                 "the site's sign-in proxy. Open the hub at the site's address to sign in.",
@@ -462,7 +451,7 @@ class MLiyAuthenticator(Authenticator):
                     self.shared_secret_header,
                     "missing" if not values else "wrong",
                 )
-                raise refuse(
+                raise user_error(
                     403,
                     "This login request did not carry the site proxy's credentials. "
                     "Open the hub at the site's address to sign in.",
@@ -475,14 +464,12 @@ class MLiyAuthenticator(Authenticator):
             return fn(*args)
         except PermissionError as e:
             log.warning("auth plugin %s refused the login: %s", fn_name, e)
-            raise refuse(403, str(e) or "The sign-in plugin refused this login.") from None
+            raise user_error(403, str(e) or "The sign-in plugin refused this login.") from None
         except web.HTTPError:
             raise
         except Exception:
             log.exception("auth plugin %s (%s) failed", fn_name, self.plugin.sources[fn_name])
-            raise refuse(
-                500, "The hub's sign-in plugin failed; the hub's log has the details."
-            ) from None
+            raise user_error(500, PLUGIN_FAILED) from None
 
     async def authenticate(self, handler, data=None):
         """Check the request, then build the auth model from the plugin's answers.
@@ -497,7 +484,7 @@ class MLiyAuthenticator(Authenticator):
         values = [v for v in request.headers.get_list(header) if v.strip()]
         if not values:
             log.info("header login from %s without a %s header", peer, header)
-            raise refuse(
+            raise user_error(
                 401,
                 f"No user name came with this request (the {header} header is missing or "
                 "empty). Sign-in goes through the site's proxy: open the hub at the site's "
@@ -505,7 +492,7 @@ class MLiyAuthenticator(Authenticator):
             )
         if len(values) > 1:
             log.warning("refused header login from %s: %d %s headers", peer, len(values), header)
-            raise refuse(403, f"The {header} header came {len(values)} times; expected once.")
+            raise user_error(403, f"The {header} header came {len(values)} times; expected once.")
         headers = RequestHeaders(
             request.headers.get_all(),
             exclude=[self.shared_secret_header] if self.shared_secret else (),
@@ -526,7 +513,7 @@ class MLiyAuthenticator(Authenticator):
                 shorten(raw),
                 problem,
             )
-            raise refuse(
+            raise user_error(
                 403,
                 f"The user name {shorten(name)} cannot be used on this hub: it {problem}. "
                 f"Allowed: {USERNAME_RULE}.",
@@ -537,8 +524,7 @@ class MLiyAuthenticator(Authenticator):
             raise self._plugin_broken(
                 "processAuthUserInfo", f"returned {shorten(info)}, not a dict"
             )
-        source = self.plugin.sources["processAuthUserGroups"]
-        groups = clean_groups(self._call("processAuthUserGroups", headers), source)
+        groups = self._groups("processAuthUserGroups", self._call("processAuthUserGroups", headers))
         user_info = {
             "email": "",
             "display_name": "",
@@ -557,7 +543,7 @@ class MLiyAuthenticator(Authenticator):
                     "configureAuthUser", f"changed the user name to {shorten(changed['name'])}"
                 )
             user_info = {**changed, "name": name}
-            user_info["groups"] = clean_groups(user_info.get("groups", []), source)
+            user_info["groups"] = self._groups("configureAuthUser", user_info.get("groups", []))
         try:
             json.dumps(user_info)
         except (TypeError, ValueError) as e:
@@ -588,6 +574,14 @@ class MLiyAuthenticator(Authenticator):
             "auth_state": user_info,
         }
 
+    def _groups(self, fn_name, groups):
+        """The groups ``fn_name`` gave, cleaned; anything but a list of names is a 500."""
+        try:
+            return clean_groups(groups, self.plugin.sources[fn_name], fn_name)
+        except PluginError as e:
+            log.error("auth plugin %s", e)
+            raise user_error(500, PLUGIN_FAILED) from None
+
     def _plugin_broken(self, fn_name, problem):
         log.error("auth plugin %s (%s) %s", fn_name, self.plugin.sources[fn_name], problem)
-        return refuse(500, "The hub's sign-in plugin failed; the hub's log has the details.")
+        return user_error(500, PLUGIN_FAILED)
