@@ -25,27 +25,18 @@ inline script disabled them or not. Plain ``software_config``, ``instance_type``
 ``volume_size`` fields are read when the scoped ones are absent (scripts, curl).
 """
 
-import functools
 import logging
 import re
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 from markupsafe import Markup
 
 from .configs import USER_OPTION_KEYS, OptionsError, groups_for_user, resolve_options
 from .pricing import PricingError
+from .util import template_environment, user_error
 
 log = logging.getLogger("mliy.launch.form")  # mliy.launch's level and file apply
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
-
-
-@functools.lru_cache(maxsize=16)
-def _environment(template_paths):
-    loader = ChoiceLoader(
-        [FileSystemLoader(list(template_paths)), PackageLoader("mliy_spawner", "templates")]
-    )
-    return Environment(loader=loader, autoescape=True)
 
 
 def _number(value):
@@ -181,7 +172,7 @@ def render_form(
         "groups": _view(available_groups, configs, catalog, region, choice),
         "choice": choice,
     }
-    template = _environment(tuple(template_paths)).get_template(template_name)
+    template = template_environment(tuple(template_paths)).get_template(template_name)
     return template.render(context)
 
 
@@ -278,23 +269,7 @@ def apply_options(
         message = f"Invalid server options: {e}"
         name = getattr(spawner_like, "_log_name", None) or getattr(spawner_like, "name", "")
         log.info("Rejected options for %s: %s", name, message)
-        raise _http_error(message) from None
-
-
-def _http_error(message):
-    try:
-        from jupyterhub.spawner import SpawnException
-    except ImportError:  # JupyterHub before 6
-        SpawnException = None
-    if SpawnException is not None:
-        error = SpawnException(message, reason="invalid-options", status_code=400)
-    else:
-        from tornado.web import HTTPError
-
-        error = HTTPError(400, message)
-    # The spawn page shows str(exception) unless this is set; the REST API shows it too.
-    error.jupyterhub_message = message
-    return error
+        raise user_error(400, message, reason="invalid-options") from None
 
 
 __all__ = [
