@@ -45,12 +45,11 @@ import re
 import sys
 import threading
 import traceback
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .util import run_blocking
+from .util import control_character, run_blocking
 
 log = logging.getLogger("mliy.auth")
 
@@ -353,6 +352,21 @@ async def run_dns(plugin, action, instance_name, ip, log, time_limit=60):
     return None
 
 
+def dns_label(user_name, server_name):
+    """A DNS label for a server (``[a-z0-9-]``, at most 63 characters), stable per server.
+
+    ``alice`` or ``alice-gpu`` stay as they are; any other name is cut down to lower-case
+    letters, digits and ``-`` and followed by a hash of the full name, so two servers
+    never share a label.
+    """
+    raw = f"{user_name}-{server_name}" if server_name else user_name
+    label = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
+    if label == raw and len(label) <= 63:
+        return label
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return f"{label[:54].strip('-')}-{digest}".strip("-")
+
+
 def dns_display_name(plugin, instance_name, ip, log):
     """The name to show (and connect to) for a server: the plugin's name, else ``ip``.
 
@@ -386,7 +400,9 @@ def header_text(headers, name, limit=256):
     """``headers[name]`` made safe to show: control and invisible characters dropped,
     whitespace runs collapsed to one space, cut to ``limit`` characters; "" if absent."""
     value = headers.get(name) or ""
-    kept = "".join(" " if c.isspace() else c for c in value if c.isspace() or not _is_control(c))
+    kept = "".join(
+        " " if c.isspace() else c for c in value if not control_character(c) or c.isspace()
+    )
     return " ".join(kept.split())[:limit]
 
 
@@ -398,10 +414,6 @@ def header_email(headers, name):
     if value:
         log.warning("ignoring the %s header: %r is not an e-mail address", name, value[:60])
     return ""
-
-
-def _is_control(c):
-    return unicodedata.category(c).startswith("C")
 
 
 _EMAIL_MAX = 254
@@ -513,7 +525,8 @@ def cn_groups(value, log=log):
     """Group names from a ``memberOf`` header: the CN of each DN's first RDN.
 
     ``value`` holds DNs separated by ``;`` or newlines. A DN that does not parse or does
-    not start with a CN is logged on ``log`` and left out; duplicates are dropped.
+    not start with a CN is logged on ``log`` and left out; duplicates are dropped (the
+    first one stays in place).
     """
     groups = []
     for dn in split_dn_list(value or ""):
@@ -526,9 +539,8 @@ def cn_groups(value, log=log):
         if not cns or not cns[0]:
             log.warning("ignoring group DN %r: its first part is not a CN", dn)
             continue
-        if cns[0] not in groups:
-            groups.append(cns[0])
-    return groups
+        groups.append(cns[0])
+    return list(dict.fromkeys(groups))
 
 
 __all__ = [
@@ -542,6 +554,7 @@ __all__ = [
     "PluginError",
     "cn_groups",
     "dns_display_name",
+    "dns_label",
     "header_email",
     "header_text",
     "load_auth_plugin",
