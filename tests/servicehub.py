@@ -4,36 +4,24 @@
 service; DummyAuthenticator; named servers; :class:`fakespawner.FakeSpawner`; a
 ``test-admin`` service with the admin role, to create users and tokens), starts ``jupyterhub``
 and configurable-http-proxy, and waits until the hub and the service answer through the
-proxy. Everything is reached at ``hub.public_url``; :meth:`ServiceHub.stop` ends it.
+proxy. :class:`ServiceHub` is a :class:`hubapi.HubClient` at ``hub.public_url`` as
+``test-admin``, with the service's own calls; :meth:`ServiceHub.stop` ends it.
 """
 
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import textwrap
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from hubapi import HubClient, free_port, log_tail, start_jupyterhub, stop_process
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
-NODE_BIN = REPO / ".node" / "node_modules" / ".bin"
 SERVICE = "mliy"
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
-class ServiceHub:
+class ServiceHub(HubClient):
     root: Path
     public_url: str
     admin_token: str
@@ -43,80 +31,20 @@ class ServiceHub:
     log_dir: Path
     hub_log: Path
     proc: subprocess.Popen = None
-    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self):
+        HubClient.__init__(self, self.public_url, self.admin_token, timeout=30)
 
     @property
     def service_url(self):
         return f"{self.public_url}/services/{SERVICE}"
 
-    # hub REST API as the test-admin service --------------------------------------------
-
-    def hub_api(self, method, path, token=None, **kwargs):
-        headers = {"Authorization": f"token {token or self.admin_token}"}
-        return self.session.request(
-            method, f"{self.public_url}/hub/api{path}", headers=headers, timeout=30, **kwargs
-        )
-
-    def create_user(self, name, admin=False):
-        r = self.hub_api("POST", f"/users/{name}", json={"admin": admin})
-        assert r.status_code in (201, 409), r.text
-        return name
-
-    def user_token(self, name, scopes=None):
-        body = {"note": "service test"}
-        if scopes is not None:
-            body["scopes"] = scopes
-        r = self.hub_api("POST", f"/users/{name}/tokens", json=body)
-        assert r.status_code == 201, r.text
-        return r.json()["token"]
-
-    def server_api_path(self, user, server_name=""):
-        return f"/users/{user}/servers/{server_name}" if server_name else f"/users/{user}/server"
-
-    def server_model(self, user, server_name=""):
-        r = self.hub_api("GET", self.server_api_path(user, server_name))
-        if r.status_code == 404:
-            return None
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_for(self, condition, what, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(0.1)
-
-    def spawn(self, user, server_name="", wait=True):
-        r = self.hub_api("POST", self.server_api_path(user, server_name), data="")
-        assert r.status_code in (201, 202), r.text
-        if wait:
-            self.wait_ready(user, server_name)
-
-    def wait_ready(self, user, server_name=""):
-        def ready():
-            model = self.server_model(user, server_name)
-            return model and model.get("ready")
-
-        self.wait_for(ready, f"server {user}/{server_name} ready")
-
-    def wait_stopped(self, user, server_name=""):
-        def stopped():
-            model = self.server_model(user, server_name)
-            return model is None or (not model.get("ready") and not model.get("pending"))
-
-        self.wait_for(stopped, f"server {user}/{server_name} stopped")
-
     def server_token(self, instance_id):
         """The API token the hub gave the server on ``instance_id`` (as the instance has it)."""
         return (self.instance_dir / f"{instance_id}.token").read_text()
 
-    # the service --------------------------------------------------------------------
-
     def service(self, method, path, token=None, **kwargs):
+        """A call to the ``mliy`` service through the proxy (no token unless given)."""
         headers = kwargs.pop("headers", {})
         if token is not None:
             headers["Authorization"] = f"token {token}"
@@ -125,16 +53,11 @@ class ServiceHub:
         )
 
     def hub_log_text(self):
-        return self.hub_log.read_text(errors="replace") if self.hub_log.exists() else ""
+        return log_tail(self.hub_log, chars=None)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.session.close()
 
 
@@ -208,11 +131,6 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
     )
     config_file = root / "jupyterhub_config.py"
     config_file.write_text(textwrap.dedent(config))
-
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(NODE_BIN), str(Path(sys.executable).parent), env["PATH"]])
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])
-    env.update(hub_env or {})
     hub = ServiceHub(
         root=root,
         public_url=f"http://127.0.0.1:{ports['public_port']}",
@@ -223,31 +141,15 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
         log_dir=root / "logs",
         hub_log=root / "jupyterhub.log",
     )
-    with open(hub.hub_log, "wb") as log_file:
-        hub.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config_file), "--debug"],
-            cwd=root,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        hub.wait_for(lambda: _up(hub), "hub and mliy service to answer", timeout=timeout)
-    except BaseException:
-        hub.stop()
-        raise AssertionError(f"hub did not start; its log:\n{hub.hub_log_text()[-6000:]}") from None
-    return hub
 
-
-def _up(hub):
-    if hub.proc.poll() is not None:
-        raise AssertionError(
-            f"hub exited with {hub.proc.returncode}:\n{hub.hub_log_text()[-6000:]}"
-        )
-    try:
-        if hub.hub_api("GET", "/").status_code != 200:
-            return False
+    def service_up():
         # the service answers 401 to a request without a token once it is up
-        return hub.service("POST", "api/progress/i-0", json={}).status_code == 401
-    except requests.ConnectionError:
-        return False
+        try:
+            return hub.service("POST", "api/progress/i-0", json={}).status_code == 401
+        except requests.ConnectionError:
+            return False
+
+    hub.proc = start_jupyterhub(
+        config_file, hub, hub.hub_log, env=hub_env, up=service_up, debug=True, timeout=timeout
+    )
+    return hub

@@ -7,19 +7,16 @@ The hub fixture (module-scoped, below) trusts only 127.0.0.1 and ::1; requests f
 """
 
 import http.client
-import os
 import re
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import requests
+from hubapi import HubClient, free_port, log_tail, start_jupyterhub, stop_process, wait_for
 from requests.adapters import HTTPAdapter
 from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
@@ -39,9 +36,7 @@ from mliy_spawner.auth import (
 )
 from mliy_spawner.plugins import PluginError
 
-REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "plugin_fixtures"
-NODE_BIN = REPO / ".node" / "node_modules" / ".bin"
 LOOPBACK = parse_networks(("127.0.0.0/8", "::1/128"))
 
 # --- user names --------------------------------------------------------------------------
@@ -379,16 +374,6 @@ logging.getLogger("mliy.auth").setLevel(logging.INFO)
 """
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 class SourceAddressAdapter(HTTPAdapter):
     """Send requests from a chosen loopback address (127.0.0.2 is not trusted)."""
 
@@ -408,6 +393,19 @@ def session(source="127.0.0.1"):
     return s
 
 
+class AuthHub(HubClient):
+    """The hub through its proxy (``url``) as the ``tester`` service, from 127.0.0.1."""
+
+    def __init__(self, url, hub_url, log, auth_log):
+        super().__init__(url, SERVICE_TOKEN, session=session())
+        self.hub_url = hub_url  # the hub's own port, skipping the proxy
+        self.log = log
+        self.auth_log = auth_log
+
+    def user_names(self):
+        return {u["name"] for u in self.get("/users")}
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hub")
@@ -415,7 +413,7 @@ def hub(tmp_path_factory):
     plugins.mkdir()
     shutil.copy(asset_dir("plugins") / "ldap.py", plugins / "ldap.py")
     (plugins / "plugin_settings.py").write_text("AUTH_GROUP_PATTERN = None\n")
-    proxy_port, api_port, hub_port = free_ports(3)
+    proxy_port, api_port, hub_port = free_port(), free_port(), free_port()
     config = tmp / "jupyterhub_config.py"
     config.write_text(
         HUB_CONFIG.format(
@@ -428,54 +426,17 @@ def hub(tmp_path_factory):
             token=SERVICE_TOKEN,
         )
     )
-    env = dict(os.environ)
-    env["PATH"] = f"{NODE_BIN}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(REPO)
-    env["JUPYTERHUB_CRYPT_KEY"] = secrets.token_hex(32)
-    env.pop("MLIY_PROXY_SHARED_SECRET", None)
-    log_path = tmp / "hub.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-            cwd=tmp,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{proxy_port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the hub exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if session().get(f"{url}/hub/api", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the hub did not come up in 60 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield SimpleNamespace(
-            url=url,
-            hub_url=f"http://127.0.0.1:{hub_port}",
-            log=log_path,
-            auth_log=tmp / "mliy-auth.log",
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def api(hub, path):
-    response = session().get(
-        f"{hub.url}/hub/api{path}", headers={"Authorization": f"token {SERVICE_TOKEN}"}
+    hub = AuthHub(
+        f"http://127.0.0.1:{proxy_port}",
+        f"http://127.0.0.1:{hub_port}",
+        log=tmp / "hub.log",
+        auth_log=tmp / "mliy-auth.log",
     )
-    return response.status_code, (response.json() if response.status_code == 200 else None)
+    env = {"JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32), "MLIY_PROXY_SHARED_SECRET": None}
+    process = start_jupyterhub(config, hub, hub.log, env=env)
+    yield hub
+    stop_process(process)
+    hub.session.close()
 
 
 def login(hub, user, member_of="", secret=SECRET, client=None, base=None, next_url=None, **extra):
@@ -514,8 +475,7 @@ def test_trusted_login_lands_in_groups_and_admin(hub):
     assert home.status_code == 200
     assert "alice" in home.text
 
-    status, user = api(hub, "/users/alice")
-    assert status == 200
+    user = hub.get("/users/alice")
     assert user["admin"] is True
     assert sorted(user["groups"]) == ["data-science", "hub-admins"]
     assert user["auth_state"] == {
@@ -531,24 +491,23 @@ def test_trusted_login_lands_in_groups_and_admin(hub):
 
 def test_group_sync_follows_the_directory(hub):
     assert login(hub, "bob", dns("research", "hub-admins", "gpu")).status_code == 302
-    status, user = api(hub, "/users/bob")
+    user = hub.get("/users/bob")
     assert (sorted(user["groups"]), user["admin"]) == (["gpu", "hub-admins", "research"], True)
 
     assert login(hub, "bob", dns("research")).status_code == 302
-    status, user = api(hub, "/users/bob")
+    user = hub.get("/users/bob")
     assert (user["groups"], user["admin"]) == (["research"], False)
-    status, group = api(hub, "/groups/gpu")
-    assert status == 200 and "bob" not in group["users"]
+    assert "bob" not in hub.get("/groups/gpu")["users"]
 
     assert login(hub, "bob", "").status_code == 302
-    assert api(hub, "/users/bob")[1]["groups"] == []
+    assert hub.get("/users/bob")["groups"] == []
 
 
 def test_untrusted_address_gets_403(hub):
     response = login(hub, "eve", dns("hub-admins"), client=session("127.0.0.2"))
     assert response.status_code == 403
     assert "came from 127.0.0.2, not through the site&#39;s sign-in proxy" in response.text
-    assert api(hub, "/users/eve")[0] == 404
+    assert hub.get("/users/eve") is None
     wait_for_text(hub.auth_log, "refused header login from 127.0.0.2: not in trusted_proxies")
 
 
@@ -556,7 +515,7 @@ def test_forged_forwarding_headers_do_not_help(hub):
     forged = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1", "Forwarded": "for=::1"}
     response = login(hub, "eve2", client=session("127.0.0.2"), **forged)
     assert response.status_code == 403
-    assert api(hub, "/users/eve2")[0] == 404
+    assert hub.get("/users/eve2") is None
 
 
 def test_straight_to_the_hub_port(hub):
@@ -565,7 +524,7 @@ def test_straight_to_the_hub_port(hub):
         hub, "eve3", client=session("127.0.0.2"), base=hub.hub_url, **{"X-Forwarded-For": "::1"}
     )
     assert response.status_code == 403
-    assert api(hub, "/users/eve3")[0] == 404
+    assert hub.get("/users/eve3") is None
     # a process on the hub's own machine (loopback) is trusted
     assert login(hub, "local", base=hub.hub_url).status_code == 302
 
@@ -577,7 +536,7 @@ def test_shared_secret_mismatch_gets_403(hub, secret):
     response = login(hub, "mallet", dns("hub-admins"), secret=secret)
     assert response.status_code == 403
     assert "did not carry the site proxy&#39;s credentials" in response.text
-    assert api(hub, "/users/mallet")[0] == 404
+    assert hub.get("/users/mallet") is None
 
 
 def raw_login(base, header_lines):
@@ -606,7 +565,7 @@ def test_repeated_headers_are_refused(hub):
     # straight to the hub, tornado sees both lines
     status, body = raw_login(hub.hub_url, two_users)
     assert (status, "came 2 times" in body) == (403, True)
-    assert api(hub, "/users/dup")[0] == 404
+    assert hub.get("/users/dup") is None
 
 
 @pytest.mark.parametrize("user", [None, ""], ids=["missing", "empty"])
@@ -646,19 +605,19 @@ def test_no_user_header_gets_401(hub, user):
     ],
 )
 def test_hostile_names_get_403(hub, user):
+    before = hub.user_names()
     response = login(hub, user)
     assert response.status_code == 403
     assert "cannot be used on this hub" in response.text
     assert "<b>bold</b>" not in response.text
-    status, users = api(hub, "/users")
-    assert sorted(u["name"] for u in users if u["name"] not in {"alice", "bob", "local"}) == []
+    assert hub.user_names() == before
 
 
 def test_blocked_user_gets_403(hub):
     response = login(hub, "mallory")
     assert response.status_code == 403
     assert "not allowed on this hub" in response.text
-    assert api(hub, "/users/mallory")[0] == 404
+    assert hub.get("/users/mallory") is None
 
 
 def test_next_url_stays_on_the_hub(hub):
@@ -669,13 +628,12 @@ def test_next_url_stays_on_the_hub(hub):
 
 def wait_for_text(path, text, timeout=10):
     """The file's text once it holds ``text`` (the hub logs a request after answering)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        content = path.read_text()
-        if text in content or time.monotonic() > deadline:
-            assert text in content
-            return content
-        time.sleep(0.05)
+
+    def holds():
+        content = log_tail(path, None)
+        return content if text in content else None
+
+    return wait_for(holds, f"{text!r} in {path.name}", timeout, interval=0.05)
 
 
 def test_secret_never_reaches_the_logs(hub):
@@ -694,7 +652,6 @@ def test_user_info_is_shown_not_the_email(hub):
         hub, "dave", AUTHENTICATE_GIVENNAME="Dave", AUTHENTICATE_MAIL="dave@example.com"
     )
     assert response.status_code == 302
-    status, user = api(hub, "/users/dave")
-    assert status == 200
+    user = hub.get("/users/dave")
     assert user["user_info"] == {"name": "Dave", "display_name": "Dave"}
     assert user["auth_state"]["email"] == "dave@example.com"  # kept, but not shown

@@ -14,8 +14,9 @@ import boto3
 import pytest
 import requests
 from fakespawner import REGION, hold_path, instance_id_for
+from hubapi import free_port, log_tail, wait_for
 from moto.server import ThreadedMotoServer
-from servicehub import free_port, start_hub
+from servicehub import start_hub
 
 from mliy_spawner.service import SERVICE_SCOPES, configure_service
 from mliy_spawner.service.__main__ import MAX_BODY_SIZE
@@ -341,7 +342,7 @@ def store(hub):
 
 
 def _user(hub, name, admin=False):
-    hub.create_user(name, admin=admin)
+    hub.create_user(name, admin=admin, exist_ok=True)
     token = hub.user_token(name)
     hub.tokens.append(token)
     return token
@@ -350,7 +351,7 @@ def _user(hub, name, admin=False):
 def _server(hub, user, server_name=""):
     """Spawn a server unless it runs; its instance id and the API token the hub gave it."""
     if not _running(hub, user, server_name):
-        hub.spawn(user, server_name)
+        hub.start_server(user, server_name)
     instance_id = instance_id_for(user, server_name)
     token = hub.server_token(instance_id)
     hub.tokens.append(token)
@@ -518,7 +519,7 @@ def test_bad_mliy_report_is_400(hub, store, tail, query, words, request):
 
 
 def _running(hub, user, server_name=""):
-    model = hub.server_model(user, server_name)
+    model = hub.server(user, server_name)
     return bool(model and model.get("ready"))
 
 
@@ -574,7 +575,7 @@ def _control(hub, instance_id, action, token):
 
 
 def _started(hub, user, server_name=""):
-    return hub.server_model(user, server_name)["started"]
+    return hub.server(user, server_name)["started"]
 
 
 def test_owner_controls_named_server(hub, store):
@@ -603,7 +604,7 @@ def test_owner_controls_named_server(hub, store):
     r = _control(hub, instance_id, "terminate", token)
     assert r.status_code == 202, r.text
     assert r.json()["state"] == "terminating"
-    hub.wait_for(lambda: hub.server_model("olga", "work") is None, "named server removed")
+    hub.wait_gone("olga", "work")
     assert store.owner(instance_id) is None
     r = _control(hub, instance_id, "start", token)
     assert r.status_code == 404
@@ -626,7 +627,7 @@ def test_admin_controls_another_users_server(hub):
     assert _started(hub, "pia", "lab") != first_start
     r = _control(hub, instance_id, "terminate", admin)
     assert r.status_code == 202, r.text
-    hub.wait_for(lambda: hub.server_model("pia", "lab") is None, "the server to be removed")
+    hub.wait_gone("pia", "lab")
 
 
 @pytest.mark.parametrize("action", ["start", "stop", "restart", "terminate"])
@@ -675,9 +676,9 @@ def test_pending_server_is_409(hub):
     hold = hold_path(hub.hold_dir, "tess", "slow")
     hold.touch()
     try:
-        hub.spawn("tess", "slow", wait=False)
+        hub.start_server("tess", "slow", wait=False)
         instance_id = instance_id_for("tess", "slow")
-        hub.wait_for(lambda: Path(hub.instance_dir, f"{instance_id}.token").exists(), "record")
+        wait_for(lambda: Path(hub.instance_dir, f"{instance_id}.token").exists(), "record")
         for action in ("start", "stop", "restart", "terminate"):
             r = _control(hub, instance_id, action, token)
             assert r.status_code == 409, r.text
@@ -710,7 +711,7 @@ def test_terminate_default_server_deletes_its_stack(hub, store, moto_url):
     assert stack["StackStatus"] == "DELETE_COMPLETE"
     assert store.owner(instance_id) is None
     # the default server itself stays (it cannot be removed); only stopped
-    assert hub.server_model("uma") is not None
+    assert hub.server("uma") is not None
 
 
 def _creds():
@@ -761,9 +762,19 @@ def test_instances_page_lists_own_instances_escaped(hub, store):
 
 
 def test_logs_never_show_tokens(hub):
-    """Runs last in this module: every token used above, searched in every log."""
-    assert hub.tokens
-    assert (hub.log_dir / "service.log").stat().st_size > 0
+    """Every token this module has used, and one of each kind used here, in no log."""
+    owner = _user(hub, "logan")
+    other = _user(hub, "lurker")
+    instance_id, server_token = _server(hub, "logan")
+    unknown = "0" * 8 + owner[8:]
+    hub.tokens.append(unknown)
+    report = {"step": "checking the logs", "percent": 5}
+    assert _report(hub, instance_id, server_token, report).status_code == 200
+    assert _report(hub, instance_id, other, report).status_code == 403
+    assert _report(hub, instance_id, unknown, report).status_code == 401
+    assert _report(hub, instance_id, hub.admin_token, report).status_code == 403
+    assert _control(hub, instance_id, "start", owner).status_code == 409
+    wait_for(lambda: instance_id in log_tail(hub.log_dir / "service.log"), "the service's log")
     texts = {p.name: p.read_text(errors="replace") for p in hub.log_dir.iterdir()}
     texts["jupyterhub.log (includes the service's stderr)"] = hub.hub_log_text()
     for token in [*hub.tokens, hub.admin_token]:

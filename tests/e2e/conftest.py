@@ -14,8 +14,11 @@ Fixtures:
   on ``demo``, created through the REST API and added to the launch group ``group``.
 - ``screenshot_dir``: ``test-output/screenshots/`` (git-ignored), created.
 
-Tests that run a demo stack are marked ``e2e`` (the browser tests also ``browser``);
-``test_runner.py`` tests the runner and the address hook alone, against ``mock_aws``.
+Every test here runs a demo stack and is marked ``e2e`` (the browser tests also
+``browser``); the runner alone (``tests/test_demo_runner.py``) and the reference config
+(``tests/test_reference_config.py``) are tested outside, without a demo. ``demostack``
+is importable as this folder's module (pytest puts a test folder without
+``__init__.py`` on ``sys.path``), ``hubapi`` as ``tests/``'s.
 When a test fails, the tails of the demo's, the hub's and the instances' logs are
 printed with it.
 """
@@ -25,8 +28,9 @@ import signal
 import sys
 
 import pytest
-from demostack import REPO, DemoStack, still_running
+from demostack import DemoStack, still_running
 from demostack import start_demo as _start_demo
+from hubapi import REPO
 
 _names = itertools.count(1)
 
@@ -96,7 +100,7 @@ def start_demo(request, tmp_path_factory):
 @pytest.fixture
 def new_user(demo):
     def make(group=None, admin=False, prefix="user"):
-        return demo.create_user(f"{prefix}{next(_names)}", group=group, admin=admin)
+        return demo.create_user(f"{prefix}{next(_names)}", [group] if group else [], admin=admin)
 
     return make
 

@@ -2,7 +2,8 @@
 
 :func:`start_demo` runs the same entry point as ``make demo`` on free loopback ports, with
 ``MLIY_DEMO_ADMIN_TOKEN`` set so the tests can drive the hub's REST API like a client
-script, and waits (bounded) for its banner. :class:`DemoStack` wraps the REST calls, the
+script, and waits (bounded) for its banner. :class:`DemoStack` is a
+:class:`hubapi.HubClient` for the REST calls (as ``demo-admin``) and wraps the
 AWS stand-in (boto3 against moto's server on loopback), the hub restart (SIGHUP) and
 the shutdown (SIGINT, as Ctrl-C), and gathers logs for failure reports.
 """
@@ -11,46 +12,17 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+from hubapi import REPO, HubClient, free_port, tool_path, wait_for
 
 from mliy_spawner.aws import make_client
 from mliy_spawner.demo.runner import processes_under
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_BIN = REPO / ".node" / "node_modules" / ".bin"
 REGION = "us-east-1"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port):
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(condition, what, timeout=60, interval=0.2):
-    """Call ``condition()`` until it returns something true and return that; else fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _proc_stat(pid):
@@ -89,52 +61,10 @@ def still_running(snapshot):
     return alive
 
 
-class ProgressStream:
-    """Read ``/progress`` (server-sent events) in a thread; ``events`` grows as they come."""
-
-    def __init__(self, url, token, timeout=120):
-        self.events = []
-        self.error = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._read, args=(url, token, timeout), daemon=True, name="progress"
-        )
-        self._thread.start()
-
-    def _read(self, url, token, timeout):
-        deadline = time.monotonic() + timeout
-        try:
-            with requests.get(
-                url, headers={"Authorization": f"token {token}"}, stream=True, timeout=(5, 30)
-            ) as response:
-                response.raise_for_status()
-                for line in response.iter_lines(decode_unicode=True):
-                    if line and line.startswith("data:"):
-                        event = json.loads(line[5:])
-                        self.events.append(event)
-                        if event.get("ready") or event.get("failed"):
-                            return
-                    if time.monotonic() > deadline:
-                        self.error = f"no end of the progress stream within {timeout} s"
-                        return
-        except Exception as e:  # reported by wait()
-            self.error = repr(e)
-        finally:
-            self._done.set()
-
-    def wait(self, timeout=150):
-        """Wait for the stream's end; return the events."""
-        assert self._done.wait(timeout), f"progress stream still open after {timeout} s"
-        assert self.error is None, f"{self.error}; events so far: {self.events}"
-        return self.events
-
-    @property
-    def messages(self):
-        return [e.get("message", "") for e in self.events]
-
-
 @dataclass
-class DemoStack:
+class DemoStack(HubClient):
+    """The demo; a :class:`hubapi.HubClient` at its public URL as the ``demo-admin`` service."""
+
     process: subprocess.Popen
     data_dir: Path
     output: Path  # the demo's stdout and stderr
@@ -143,7 +73,9 @@ class DemoStack:
     admin_token: str
     user_password: str
     admin_password: str
-    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self):
+        HubClient.__init__(self, self.public_url, self.admin_token)
 
     @property
     def public_url(self):
@@ -152,61 +84,6 @@ class DemoStack:
     @property
     def aws_url(self):
         return f"http://127.0.0.1:{self.aws_port}"
-
-    # ---- the hub REST API, as a client script would use it ----------------------------
-
-    def api(self, method, path, token=None, **kwargs):
-        headers = {"Authorization": f"token {token or self.admin_token}"}
-        headers.update(kwargs.pop("headers", {}))
-        kwargs.setdefault("timeout", 60)
-        return self.session.request(
-            method, f"{self.public_url}/hub/api{path}", headers=headers, **kwargs
-        )
-
-    def create_user(self, name, group=None, admin=False):
-        r = self.api("POST", f"/users/{name}", json={"admin": admin})
-        assert r.status_code == 201, r.text
-        if group:
-            r = self.api("POST", f"/groups/{group}/users", json={"users": [name]})
-            assert r.status_code == 200, r.text
-        return name
-
-    def user_token(self, name, scopes=None):
-        body = {"note": "e2e test"}
-        if scopes is not None:
-            body["scopes"] = scopes
-        r = self.api("POST", f"/users/{name}/tokens", json=body)
-        assert r.status_code == 201, r.text
-        return r.json()["token"]
-
-    @staticmethod
-    def server_path(user, server=""):
-        return f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
-
-    def server_model(self, user, server="", token=None):
-        r = self.api("GET", f"/users/{user}", token=token)
-        assert r.status_code == 200, r.text
-        return r.json()["servers"].get(server)
-
-    def progress(self, user, server="", token=None):
-        url = f"{self.public_url}/hub/api{self.server_path(user, server)}/progress"
-        if not server:
-            url = f"{self.public_url}/hub/api/users/{user}/server/progress"
-        return ProgressStream(url, token or self.admin_token)
-
-    def wait_ready(self, user, server="", timeout=120):
-        def ready():
-            model = self.server_model(user, server)
-            return model if model and model.get("ready") else None
-
-        return wait_for(ready, f"server {user}/{server} ready", timeout)
-
-    def wait_stopped(self, user, server="", timeout=60):
-        def stopped():
-            model = self.server_model(user, server)
-            return model is None or (not model.get("ready") and not model.get("pending"))
-
-        wait_for(stopped, f"server {user}/{server} stopped", timeout)
 
     def notebook_status(self, user, server="", token=None):
         """GET the server's /api/status through the proxy."""
@@ -335,6 +212,19 @@ class DemoStack:
         return "\n".join(parts)
 
 
+def demo_env(data_dir, **env):
+    """The environment of ``python -m mliy_spawner.demo`` on free ports in ``data_dir``."""
+    return {
+        **os.environ,
+        "PATH": tool_path(),
+        "MLIY_DEMO_DIR": str(data_dir),
+        "MLIY_DEMO_HUB_PORT": str(free_port()),
+        "MLIY_DEMO_AWS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+
+
 def start_demo(data_dir, extra_env=None, timeout=120):
     """Run ``python -m mliy_spawner.demo`` with its files under ``data_dir``; wait for it."""
     data_dir = Path(data_dir)
@@ -342,18 +232,12 @@ def start_demo(data_dir, extra_env=None, timeout=120):
     admin_token = secrets.token_hex(32)
     user_password = secrets.token_urlsafe(12)
     admin_password = secrets.token_urlsafe(32)
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([str(NODE_BIN), os.environ.get("PATH", "")]),
-        "MLIY_DEMO_DIR": str(data_dir),
-        "MLIY_DEMO_HUB_PORT": str(free_port()),
-        "MLIY_DEMO_AWS_PORT": str(free_port()),
+    secrets_env = {
         "MLIY_DEMO_ADMIN_TOKEN": admin_token,
         "MLIY_DEMO_PASSWORD": user_password,
         "MLIY_DEMO_ADMIN_PASSWORD": admin_password,
-        "PYTHONUNBUFFERED": "1",
-        **(extra_env or {}),
     }
+    env = demo_env(data_dir, **{**secrets_env, **(extra_env or {})})
     runs = len(list(data_dir.parent.glob(f"{data_dir.name}-output*.log")))
     output = data_dir.parent / f"{data_dir.name}-output{runs or ''}.log"
     with open(output, "wb") as out:

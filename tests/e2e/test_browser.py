@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from demostack import REPO, wait_for
+from hubapi import REPO, wait_for
 
 from mliy_spawner import pricing
 

@@ -2,17 +2,15 @@
 stops an idle server: the instance is stopped, not terminated, and its stack stays."""
 
 import pytest
-from demostack import wait_for
+from hubapi import wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 def test_idle_culler_stops_the_instance(start_demo):
     demo = start_demo({"MLIY_DEMO_CULL_TIMEOUT": "6", "MLIY_DEMO_CULL_EVERY": "2"})
-    user = demo.create_user("idle", group="students")
-    r = demo.api("POST", f"/users/{user}/servers/nap", data="")
-    assert r.status_code in (201, 202), r.text
-    demo.wait_ready(user, "nap")
+    user = demo.create_user("idle", ["students"])
+    demo.start_server(user, "nap")
     [stack] = demo.stacks(user, "nap")
     instance_id = demo.instance_of(stack["StackId"])["InstanceId"]
 

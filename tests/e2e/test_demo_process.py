@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from demostack import NODE_BIN, REPO, free_port, port_open, still_running
+from demostack import demo_env, still_running
+from hubapi import REPO, port_open
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +32,8 @@ def _cmdline(pid):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopping_the_demo_leaves_nothing_running(start_demo, sig):
     demo = start_demo()
-    user = demo.create_user("carol", group="analysts")
-    r = demo.api("POST", f"/users/{user}/server", json={"user_options": {}})
-    assert r.status_code in (201, 202), r.text
-    demo.wait_ready(user)
+    user = demo.create_user("carol", ["analysts"])
+    demo.start_server(user, json={"user_options": {}})
     [address] = demo.addresses().values()
     notebook_port = int(address.rsplit(":", 1)[1])
 
@@ -59,10 +58,8 @@ def test_stopping_the_demo_leaves_nothing_running(start_demo, sig):
 
 def test_the_next_run_cleans_up_after_a_killed_demo(start_demo, tmp_path):
     first = start_demo(data_dir=tmp_path / "data")
-    user = first.create_user("dave", group="students")
-    r = first.api("POST", f"/users/{user}/server", data="")
-    assert r.status_code in (201, 202), r.text
-    first.wait_ready(user)
+    user = first.create_user("dave", ["students"])
+    first.start_server(user)
     processes = first.processes()
     del processes[first.process.pid]
 
@@ -81,14 +78,7 @@ def run_demo(tmp_path, **env):
     return subprocess.run(
         [sys.executable, "-m", "mliy_spawner.demo"],
         cwd=REPO,
-        env={
-            **os.environ,
-            "PATH": os.pathsep.join([str(NODE_BIN), os.environ.get("PATH", "")]),
-            "MLIY_DEMO_DIR": str(tmp_path / "data"),
-            "MLIY_DEMO_HUB_PORT": str(free_port()),
-            "MLIY_DEMO_AWS_PORT": str(free_port()),
-            **env,
-        },
+        env=demo_env(tmp_path / "data", **env),
         capture_output=True,
         text=True,
         timeout=60,

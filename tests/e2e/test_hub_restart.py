@@ -3,7 +3,7 @@ through the proxy, and no new stack is made. The demo restarts only JupyterHub o
 (its config keeps servers running across a hub shutdown)."""
 
 import pytest
-from demostack import wait_for
+from hubapi import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -12,9 +12,7 @@ def test_hub_restart_keeps_the_running_server(demo, new_user):
     user = new_user(group="students")
     token = demo.user_token(user)
     options = {"software_config": "small", "instance_type": "t2.micro"}
-    r = demo.api("POST", f"/users/{user}/servers/keep", json={"user_options": options})
-    assert r.status_code in (201, 202), r.text
-    demo.wait_ready(user, "keep")
+    demo.start_server(user, "keep", json={"user_options": options})
     [stack] = demo.stacks(user, "keep")
     instance = demo.instance_of(stack["StackId"])
     address = demo.addresses()[instance["InstanceId"]]
@@ -24,7 +22,7 @@ def test_hub_restart_keeps_the_running_server(demo, new_user):
     demo.restart_hub()
 
     assert (demo.data_dir / "jupyterhub.pid").read_text() != hub_pid
-    model = demo.server_model(user, "keep")
+    model = demo.server(user, "keep")
     assert model["ready"] and not model["pending"], model
     r = demo.notebook_status(user, "keep", token)
     assert r.status_code == 200, r.text

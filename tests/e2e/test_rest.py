@@ -7,7 +7,7 @@ panel's calls on another user's server.
 """
 
 import pytest
-from demostack import wait_for
+from hubapi import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -97,9 +97,7 @@ def test_launch_progress_stop_resume_remove(demo, new_user):
     assert [instance["PrivateIpAddress"]] not in demo.dns_records().values()
 
     # start again with an empty body: the same instance runs again, same options
-    r = demo.api("POST", f"/users/{user}/servers/lab", data="")
-    assert r.status_code in (201, 202), r.text
-    model = demo.wait_ready(user, "lab")
+    model = demo.start_server(user, "lab")
     assert instance_state(demo, instance_id) == "running"
     assert [s["StackId"] for s in demo.stacks(user, "lab")] == [stack["StackId"]]
     assert demo.addresses()[instance_id] == f"127.0.0.1:{port}"
@@ -116,7 +114,7 @@ def test_launch_progress_stop_resume_remove(demo, new_user):
         "the stack to be deleted",
     )
     wait_instance_state(demo, instance_id, "terminated")
-    wait_for(lambda: demo.server_model(user, "lab") is None, "the server to be removed")
+    demo.wait_gone(user, "lab")
     assert [ip] not in demo.dns_records().values()
     wait_for(
         lambda: not (demo.data_dir / "instances" / instance_id).exists(),
@@ -215,7 +213,7 @@ HOSTILE = [
 @pytest.fixture(scope="module")
 def hostile_users(demo):
     return {
-        group: demo.create_user(f"hostile-{group or 'nogroup'}", group=group)
+        group: demo.create_user(f"hostile-{group or 'nogroup'}", [group] if group else [])
         for group in ("analysts", "students", None)
     }
 
@@ -237,7 +235,7 @@ def test_hostile_options_are_400_and_create_no_stack(
     assert shown in message, message
     assert len(message) < 1000  # a huge value is cut, not echoed
     assert [s["StackId"] for s in demo.stacks()] == before
-    model = demo.server_model(user, "x")
+    model = demo.server(user, "x")
     assert model is None or not (model.get("pending") or model.get("ready")), model
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from demostack import wait_for
+from hubapi import wait_for
 
 from mliy_spawner.aws import make_client
 from mliy_spawner.demo.hooks import local_address_hook

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from demostack import REPO
+from hubapi import REPO
 from traitlets.config import PyFileConfigLoader
 
 from mliy_spawner.demo.__main__ import write_dns_plugin
