@@ -144,8 +144,21 @@ def test_zone_id_setting_picks_one_of_two_zones(route53, tmp_path):
 def test_wait_for_sync(route53, tmp_path):
     folder = route53_folder(tmp_path, ROUTE53_WAIT_FOR_SYNC=True)
     plugin = load_dns_plugin(folder=str(folder))
+    client = plugin.createDnsEntry.__globals__["_route53"]()
+    changes, waited_for = [], []
+    client.meta.events.register(
+        "after-call.route53.ChangeResourceRecordSets",
+        lambda parsed, **kw: changes.append(parsed["ChangeInfo"]["Id"]),
+    )
+    client.meta.events.register(
+        "provide-client-params.route53.GetChange",
+        lambda params, **kw: waited_for.append(params["Id"]),
+    )
     plugin.createDnsEntry("alice", "10.0.0.5")
     assert records(route53) == {(f"mliy-alice.{ZONE}.", "A"): (120, ["10.0.0.5"])}
+    # the resource_record_sets_changed waiter asked about this very change
+    assert len(changes) == 1 and waited_for
+    assert {i.rsplit("/", 1)[-1] for i in waited_for} == {changes[0].rsplit("/", 1)[-1]}
 
 
 @pytest.mark.parametrize(
