@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import stacks
-from .util import run_blocking
+from .util import backoff, run_blocking
 
 log = logging.getLogger("mliy.aws")
 
@@ -115,7 +115,6 @@ class Reflector:
         self.stacks = {}
         # monotonic start time of the last cycle that succeeded; None before the first
         self.last_success = None
-        self.failures = 0
         self.cycles = 0
         self._task = None
         self._wake = None
@@ -218,7 +217,7 @@ class Reflector:
                 return self.fresh_since(asked)
 
     async def _run(self):
-        backoff = self.min_interval
+        pauses = None  # the growing pauses after failed cycles, None after a success
         while not self._stopping:
             # requests made from here on ask for the cycle after this one
             self._wake.clear()
@@ -229,11 +228,13 @@ class Reflector:
             done, self._cycle_done = self._cycle_done, asyncio.get_running_loop().create_future()
             done.set_result(ok)
             if ok:
-                backoff = self.min_interval
+                pauses = None
                 delay = self.interval
             else:
-                backoff = min(backoff * 2, self.max_backoff)
-                delay = backoff
+                if pauses is None:
+                    start = min(2 * self.min_interval, self.max_backoff)
+                    pauses = backoff(start, self.max_backoff, factor=2)
+                delay = next(pauses)
             # at least min_interval between cycles; a refresh request cuts the wait short
             # but only when the last cycle succeeded (errors keep backing off)
             await asyncio.sleep(max(0.0, self.min_interval - (time.monotonic() - started)))
@@ -253,7 +254,6 @@ class Reflector:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self.failures += 1
             log.warning(
                 "Reflector for hub %s: refresh failed (%s); cache is %.0f s old",
                 self.hub_name,
@@ -275,7 +275,6 @@ class Reflector:
         if self._warned_stale:
             log.warning("Reflector for hub %s recovered", self.hub_name)
         self._warned_stale = False
-        self.failures = 0
         return True
 
 
@@ -290,10 +289,3 @@ def shared_reflector(key, factory):
     if reflector is None:
         reflector = _reflectors[full_key] = factory()
     return reflector
-
-
-async def stop_all():
-    """Stop every shared reflector of the running loop (tests, hub shutdown)."""
-    loop_id = id(asyncio.get_running_loop())
-    for key in [k for k in _reflectors if k[0] == loop_id]:
-        await _reflectors.pop(key).stop()

@@ -1,9 +1,11 @@
-"""The reflector's cache answers poll() without AWS: a table of states."""
+"""The reflector's cache answers poll() without AWS: a table of states; its pauses."""
 
+import asyncio
 import time
 
 import pytest
 
+from mliy_spawner import reflector as reflector_module
 from mliy_spawner.reflector import InstanceView, Reflector, StackView
 
 STACK = "arn:aws:cloudformation:us-east-1:123456789012:stack/mliy-alice-1/abc"
@@ -71,3 +73,39 @@ def test_instance_found_by_stack_tag_when_outputs_are_not_there_yet():
     reflector, _ = view(None, "pending")
     reflector.stacks[STACK] = StackView(STACK, "n", "CREATE_IN_PROGRESS", None, {}, {})
     assert reflector.instance_for_stack(STACK).instance_id == "i-1"
+
+
+async def test_failed_cycles_back_off_to_the_limit_and_a_success_resets(monkeypatch):
+    reflector = Reflector(None, None, "mliy", interval=10.0, min_interval=0.5, max_backoff=30.0)
+    pauses = []  # the pause after each cycle, as asked of asyncio.sleep or wait_for
+    down = True
+    real_sleep = asyncio.sleep
+
+    def instances(ec2, hub_name):
+        if down:
+            raise ConnectionError("EC2 is unreachable")
+        return {}
+
+    def after_cycle(seconds):
+        nonlocal down
+        if seconds > reflector.min_interval:  # not the "at least min_interval" pause
+            pauses.append(round(seconds))
+        down = len(pauses) < 7 or len(pauses) >= 9  # 7 failures, 2 successes, 1 failure
+        reflector._stopping = len(pauses) == 10
+
+    async def sleep(seconds):
+        after_cycle(seconds)
+        await real_sleep(0)
+
+    async def wait_for(awaitable, seconds):
+        after_cycle(seconds)
+        awaitable.close()  # the wake-up wait: no one asks for a cycle here
+        await real_sleep(0)
+
+    monkeypatch.setattr(reflector_module, "list_instances", instances)
+    monkeypatch.setattr(reflector_module, "list_stacks", lambda cfn, hub_name: {})
+    monkeypatch.setattr(reflector_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr(reflector_module.asyncio, "wait_for", wait_for)
+    reflector.start()
+    await reflector._task
+    assert pauses == [1, 2, 4, 8, 16, 30, 30, 10, 10, 1]
