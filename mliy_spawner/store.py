@@ -315,17 +315,6 @@ class Store:
             ).first()
         return _instance(row) if row else None
 
-    def instance_for_server(self, user, server_name=""):
-        """The most recently recorded instance of ``user``'s server, or None."""
-        with self._read() as conn, conn.begin():
-            row = conn.execute(
-                select(instances)
-                .where(instances.c.user == user, instances.c.server_name == (server_name or ""))
-                .order_by(instances.c.updated.desc())
-                .limit(1)
-            ).first()
-        return _instance(row) if row else None
-
     def instances_for_user(self, user):
         """All instances recorded for ``user``, default server first, then by name."""
         with self._read() as conn, conn.begin():
@@ -408,13 +397,6 @@ class Store:
                 .limit(1)
             ).first()
         return _progress(row) if row else None
-
-    def clear_progress(self, instance_id):
-        """Delete the steps of ``instance_id`` (a fresh boot begins); returns how many."""
-        with self._write() as conn, conn.begin():
-            return conn.execute(
-                delete(progress).where(progress.c.instance_id == instance_id)
-            ).rowcount
 
 
 def store_url_from_env(environ=None):

@@ -46,17 +46,13 @@ def test_owner_of_unknown_instance_is_none(store):
     assert store.owner("i-nothere") is None
 
 
-def test_instance_for_server_finds_the_latest(store):
+def test_instances_for_user_lists_only_theirs_default_server_first(store):
     store.record_instance("i-1", "alice", "", "s1", "us-east-1")
     store.record_instance("i-2", "alice", "gpu", "s2", "us-east-1")
     store.record_instance("i-3", "bob", "", "s3", "us-east-1")
-    assert store.instance_for_server("alice", "").instance_id == "i-1"
-    assert store.instance_for_server("alice", "gpu").instance_id == "i-2"
-    assert store.instance_for_server("alice", "cpu") is None
-    assert store.instance_for_server("carol") is None
     store.record_instance("i-4", "alice", "", "s4", "us-east-1")
-    assert store.instance_for_server("alice").instance_id == "i-4"
     assert [r.instance_id for r in store.instances_for_user("alice")] == ["i-1", "i-4", "i-2"]
+    assert store.instances_for_user("carol") == []
 
 
 def test_forget_instance_removes_row_and_progress(store):
@@ -89,15 +85,6 @@ def test_failed_flag_round_trips(store):
     store.add_progress("i-1", "Installing packages", 40, True)
     (record,) = store.progress("i-1")
     assert record.failed is True
-
-
-def test_clear_progress_only_clears_that_instance(store):
-    store.add_progress("i-1", "a", 1, False)
-    store.add_progress("i-1", "b", 2, False)
-    store.add_progress("i-2", "c", 3, False)
-    assert store.clear_progress("i-1") == 2
-    assert store.progress("i-1") == []
-    assert [r.step for r in store.progress("i-2")] == ["c"]
 
 
 def test_step_longer_than_limit_is_refused(store):
@@ -133,8 +120,9 @@ def test_two_stores_on_one_file_see_each_other(tmp_path):
         assert service_side.owner("i-1").user == "alice"
         service_side.add_progress("i-1", "Creating user", 20, False)
         assert [r.step for r in hub_side.progress("i-1")] == ["Creating user"]
-        hub_side.clear_progress("i-1")
+        hub_side.forget_instance("i-1")
         assert service_side.progress("i-1") == []
+        assert service_side.owner("i-1") is None
     finally:
         hub_side.close()
         service_side.close()
