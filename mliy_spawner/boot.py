@@ -1,4 +1,4 @@
-"""Following an instance's first boot, and the names and records that go with it.
+"""Following an instance's first boot.
 
 The instance's user-data script reports its steps to the ``mliy`` service, which writes
 them to the shared store (:mod:`mliy_spawner.store`). The spawner reads them back here
@@ -7,11 +7,9 @@ the step's text.
 """
 
 import asyncio
-import hashlib
-import re
 import time
 
-from .util import run_blocking
+from .util import backoff, run_blocking
 
 #: Where instance-reported steps sit on the spawn's progress bar (0-100 of the boot
 #: becomes BOOT_START..BOOT_END of the whole spawn).
@@ -53,7 +51,7 @@ async def wait_for_boot(
     """
     started = time.monotonic()
     deadline = started + limit
-    delay = start_delay
+    pauses = backoff(start_delay, 5.0)
     after = 0
     while True:
         records = await run_blocking(store.progress, instance_id, after)
@@ -78,15 +76,4 @@ async def wait_for_boot(
             return
         if now > deadline:
             raise TimeoutError(f"instance {instance_id} did not finish its setup in {limit:.0f} s")
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-
-
-def dns_label(user_name, server_name):
-    """A DNS label for a server (``[a-z0-9-]``, at most 63 characters), stable per server."""
-    raw = f"{user_name}-{server_name}" if server_name else user_name
-    label = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
-    if label == raw and len(label) <= 63:
-        return label
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
-    return f"{label[:54].strip('-')}-{digest}".strip("-")
+        await asyncio.sleep(next(pauses))

@@ -82,20 +82,25 @@ def configure_logging(levels=None, log_dir=None):
     return loggers
 
 
-_attached = {"done": False}
+_attached = {"handlers": False, "settings": None}
 
 
 def attach_to_hub_log(hub_logger, levels=None, log_dir=None):
-    """Once per process: send ``mliy.*`` records to the hub's own console handlers.
+    """Send ``mliy.*`` records to the hub's own console handlers, and apply ``levels``
+    and ``log_dir`` (see :func:`configure_logging`) when they differ from the last ones.
 
     JupyterHub puts its handlers on its application logger, not on the root logger, so
-    without this the ``mliy.*`` INFO lines would go nowhere. Also applies ``levels`` and
-    ``log_dir`` (see :func:`configure_logging`).
+    without this the ``mliy.*`` INFO lines would go nowhere. The handlers are attached
+    once per process; every spawner calls this, and only a change of settings (a
+    reloaded config) reconfigures the files.
     """
-    if _attached["done"]:
+    settings = (repr(sorted((levels or {}).items())), log_dir or None)
+    if settings != _attached["settings"]:
+        configure_logging(levels, log_dir)
+        _attached["settings"] = settings
+    if _attached["handlers"]:
         return
-    _attached["done"] = True
-    configure_logging(levels, log_dir)
+    _attached["handlers"] = True
     parent = logging.getLogger("mliy")
     handlers = [h for h in getattr(hub_logger, "handlers", ()) if h not in parent.handlers]
     if handlers:

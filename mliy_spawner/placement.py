@@ -32,3 +32,14 @@ async def read_placement(base_url, request_timeout=3):
     mac = await get("mac")
     subnet = await get(f"network/interfaces/macs/{mac}/subnet-id")
     return subnet, zone
+
+
+_hub_placement = None
+
+
+async def hub_placement(base_url):
+    """:func:`read_placement`, read once per process (the hub does not move)."""
+    global _hub_placement
+    if _hub_placement is None:
+        _hub_placement = await read_placement(base_url)
+    return _hub_placement

@@ -1,10 +1,12 @@
 """MLiySpawner: each notebook server on its own EC2 instance, launched as a CloudFormation stack.
 
-This class connects JupyterHub's spawner interface to the helper modules and does little
-itself: :mod:`configs` (what may be launched), :mod:`form` (the options form),
-:mod:`userdata` (the instance's boot script), :mod:`stacks` (AWS calls),
-:mod:`reflector` (one shared view of AWS that ``poll()`` and the waits read), and
-:mod:`lifecycle` (the launch, resume and clean-up steps ``start()`` is made of).
+This class connects JupyterHub's spawner interface to the helper modules and
+orchestrates them: :mod:`configs` (what may be launched), :mod:`form` (the options
+form), :mod:`userdata` (the instance's boot script), :mod:`stacks` (the stack's
+identifiers and its AWS steps, as plain functions), :mod:`reflector` (one shared view of
+AWS that ``poll()`` and the waits read), :mod:`progress` (what the progress page shows)
+and :mod:`boot` (the instance's own setup steps). Blocking calls go through
+:func:`mliy_spawner.util.run_blocking`; launch lines go to the ``mliy.launch`` log.
 
 Lifecycle:
 
@@ -17,8 +19,15 @@ Lifecycle:
 """
 
 import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
 
+from botocore.exceptions import ClientError
 from jupyterhub.spawner import Spawner
+from jupyterhub.utils import maybe_future
+from sqlalchemy.orm import object_session
 from traitlets import (
     Any,
     Bool,
@@ -31,19 +40,19 @@ from traitlets import (
     TraitError,
     Unicode,
     default,
-    observe,
     validate,
 )
 
-from . import aws, boot, configs, form, logs, plugins, pricing, stacks
-from .lifecycle import LaunchFailed, StackLifecycle, spawn_error
+from . import aws, boot, configs, form, logs, placement, plugins, pricing, stacks, userdata
+from .progress import LaunchProgress
 from .reflector import Reflector, shared_reflector
 from .store import shared_store, store_url_from_env
+from .util import backoff, run_blocking, user_error
 
-STATE_VERSION = 1
+log = logging.getLogger("mliy.launch")
 
 
-class MLiySpawner(StackLifecycle, Spawner):
+class MLiySpawner(Spawner):
     """Spawn each server as a CloudFormation stack running one EC2 instance."""
 
     # ---- where and how to reach AWS ------------------------------------------------
@@ -150,7 +159,7 @@ class MLiySpawner(StackLifecycle, Spawner):
     @validate("software_configs")
     def _validate_software_configs(self, proposal):
         try:
-            configs.parse_software_configs(proposal.value)
+            self._parse(software_configs=proposal.value, launch_groups={})
         except configs.ConfigError as e:
             raise TraitError(str(e)) from None
         return proposal.value
@@ -176,8 +185,7 @@ class MLiySpawner(StackLifecycle, Spawner):
         # traitlets delays cross-validation until the whole config section is loaded,
         # so software_configs is already set here
         try:
-            parsed = configs.parse_software_configs(self.software_configs)
-            configs.parse_launch_groups(proposal.value, parsed)
+            self._parse(launch_groups=proposal.value)
         except configs.ConfigError as e:
             raise TraitError(str(e)) from None
         return proposal.value
@@ -336,6 +344,8 @@ class MLiySpawner(StackLifecycle, Spawner):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         logs.attach_to_hub_log(self.log, self.log_levels, self.log_dir or None)
+        self.stack = stacks.ServerStack()
+        self._progress = LaunchProgress(self._log_name)
 
     wait_backoff_start = Float(
         1.0, help="First pause, in seconds, between two checks while waiting on AWS."
@@ -398,8 +408,8 @@ class MLiySpawner(StackLifecycle, Spawner):
     async def _render_options_form(spawner):
         # the price catalog may (re)load its file: keep that off the event loop
         catalog = pricing.get_catalog(spawner.pricing_file or None)
-        saved = spawner.user_options or spawner.launch_options or {}
-        return await asyncio.to_thread(
+        saved = spawner.user_options or spawner.stack.launch_options or {}
+        return await run_blocking(
             form.render_form,
             user_name=spawner.user.name,
             available_groups=spawner.available_groups(),
@@ -412,73 +422,58 @@ class MLiySpawner(StackLifecycle, Spawner):
 
     # ---- state ---------------------------------------------------------------------
 
-    # the stack's ARN: a deleted stack can only be described by id, not by name
-    stack_id = None
-    # for logs, and to find the stack again after a crash between create and save
-    stack_name = None
-    # the instance to stop, start and resume
-    instance_id = None
-    # where the stack lives, should the hub's region setting change
-    stack_region = None
-    # the options it was launched with (config slug, group, type, volume) to resume it
-    launch_options = None
-    # a failed launch whose stack could not be deleted yet: stop() deletes it
-    delete_pending = False
-    # the address the DNS record points at, to delete it after a hub restart
-    dns_ip = None
-
     def load_state(self, state):
         super().load_state(state)
         mine = state.get("mliy") or {}
-        if mine.get("version", STATE_VERSION) > STATE_VERSION:
+        if mine.get("version", stacks.STATE_VERSION) > stacks.STATE_VERSION:
             self.log.warning("State of %s is from a newer mliy-spawner", self._log_name)
-        self.stack_id = mine.get("stack_id")
-        self.stack_name = mine.get("stack_name")
-        self.instance_id = mine.get("instance_id")
-        self.stack_region = mine.get("region")
-        self.launch_options = mine.get("launch_options")
-        self.delete_pending = bool(mine.get("delete_pending"))
-        self.dns_ip = mine.get("dns_ip")
+        self.stack = stacks.ServerStack.from_state(mine)
 
     def get_state(self):
         state = super().get_state()
-        if self.stack_id:
-            state["mliy"] = {
-                "version": STATE_VERSION,
-                "stack_id": self.stack_id,
-                "stack_name": self.stack_name,
-                "instance_id": self.instance_id,
-                "region": self.stack_region or self.region,
-                "launch_options": self.launch_options,
-                "delete_pending": self.delete_pending,
-                "dns_ip": self.dns_ip,
-            }
+        mine = self.stack.to_state()
+        if mine:
+            state["mliy"] = mine
         return state
 
-    def clear_state(self):
-        # The hub calls this after every stop and before every start. With
-        # stop_action="stop" the stack outlives the server: keep pointing at it.
-        super().clear_state()
-        self._events = []
+    # clear_state() is JupyterHub's: it runs after every stop and before every start, and
+    # with stop_action="stop" the stack outlives the server, so self.stack stays.
 
-    def _forget_stack(self):
-        self.stack_id = self.stack_name = self.instance_id = None
-        self.stack_region = self.launch_options = self.dns_ip = None
-        self.delete_pending = False
+    def _save_state_now(self):
+        """Write the state (the new stack's id) to the hub's database right away.
+
+        JupyterHub saves a spawner's state when start() returns. A hub restarted during
+        a launch would then know nothing of the stack; with the id saved, it polls the
+        server, and stops it or finds it running, instead of leaving it unaccounted for.
+        (The hub's own session, used as JupyterHub uses it: on the event loop.)
+        """
+        session = object_session(self.orm_spawner)
+        if session is not None:
+            self.orm_spawner.state = self.get_state()
+            session.commit()
 
     # ---- options ---------------------------------------------------------------------
 
-    _parsed = None
+    _parsed = None  # (software_configs, launch_groups, {slug: SoftwareConfig}, {name: LaunchGroup})
 
-    @observe("software_configs", "launch_groups")
-    def _forget_parsed_configs(self, change):
-        self._parsed = None
-
-    def _parse(self):
-        if self._parsed is None:
-            parsed = configs.parse_software_configs(self.software_configs)
-            self._parsed = parsed, configs.parse_launch_groups(self.launch_groups, parsed)
-        return self._parsed
+    def _parse(self, software_configs=None, launch_groups=None):
+        """Parse the two settings, once for each value they take (validation's result is
+        the one the spawner then uses)."""
+        software_configs = self.software_configs if software_configs is None else software_configs
+        launch_groups = self.launch_groups if launch_groups is None else launch_groups
+        parsed = self._parsed
+        if parsed is None or parsed[0] is not software_configs:
+            parsed = (
+                software_configs,
+                None,
+                configs.parse_software_configs(software_configs),
+                None,
+            )
+        if parsed[1] is not launch_groups:
+            groups = configs.parse_launch_groups(launch_groups, parsed[2])
+            parsed = (software_configs, launch_groups, parsed[2], groups)
+        self._parsed = parsed
+        return parsed[2], parsed[3]
 
     @property
     def parsed_configs(self):
@@ -512,64 +507,46 @@ class MLiySpawner(StackLifecycle, Spawner):
             configs=self.parsed_configs,
             default_group=self.default_launch_group,
             user_group_names=self._user_group_names(),
-            kept=self.launch_options if self.stack_id else None,
+            kept=self.stack.launch_options if self.stack.stack_id else None,
         )
 
     @staticmethod
     def _apply_user_options(spawner, user_options):
         spawner._launch_choice = spawner.resolve_launch(user_options)
 
-    # ---- progress ----------------------------------------------------------------------
+    # ---- start ---------------------------------------------------------------------------
 
-    _events = None
-    _launch_choice = None
-
-    def _emit(self, message, progress=None):
-        """Record a progress event; the bar never moves backwards."""
-        if self._events is None:
-            self._events = []
-        last = self._events[-1]["progress"] if self._events else 0
-        progress = last if progress is None else max(progress, last)
-        self._events.append({"progress": progress, "message": message})
-        self.log.info("%s: %s", self._log_name, message)
+    _launch_choice = None  # what apply_user_options checked, for the start() that follows
+    _launched_at = 0.0  # when this start's stack was created or resumed (monotonic)
 
     async def progress(self):
         """Stack events and launch steps as they happen; replayed after a reconnect."""
-        sent = 0
-        while True:
-            events = self._events or []
-            while sent < len(events):
-                yield events[sent]
-                sent += 1
-            await asyncio.sleep(0.5)
-
-    # ---- start ---------------------------------------------------------------------------
+        async for event in self._progress.replay():
+            yield event
 
     async def start(self):
         choice = self._launch_choice or self.resolve_launch(self.user_options)
         self._launch_choice = None
-        self._events = []
-        self._instance_seen = None
-        self.ip = "0.0.0.0"
-        self.port = self.notebook_port
-        if self.delete_pending:
+        self._progress = LaunchProgress(self._log_name)
+        self._following_events = False
+        self.ip, self.port = "0.0.0.0", self.notebook_port
+        if self.stack.delete_pending:
             await self._delete_stack()
-        resumed = False
-        if self.stack_id:
-            resumed = await self._resume(choice)
+            self._refuse_while_delete_pending()
+        resumed = bool(self.stack.stack_id) and await self._resume(choice)
         if not resumed:
             await self._launch(choice)
         try:
             instance = await self._wait(
                 self._ready_instance, "the instance", self.start_timeout, self._on_launch_tick
             )
-            self.instance_id = instance.instance_id
+            self.stack.instance_id = instance.instance_id
             await self._record_owner()
             if not resumed and self.wait_for_boot and self._service_url():
                 await boot.wait_for_boot(
                     self.store,
-                    self.instance_id,
-                    self._emit,
+                    self.stack.instance_id,
+                    self._progress.emit,
                     self._check_alive,
                     self.start_timeout,
                     self.wait_backoff_start,
@@ -579,28 +556,359 @@ class MLiySpawner(StackLifecycle, Spawner):
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(resumed))
             raise
-        except LaunchFailed as e:
+        except stacks.LaunchFailed as e:
             reason = await self._failure_reason(str(e))
             await asyncio.shield(self._abandon(resumed))
-            raise spawn_error(f"Launching your server failed: {reason}", reason="stack") from None
+            raise user_error(500, f"Launching your server failed: {reason}", "stack") from None
         except boot.BootFailed as e:
             await asyncio.shield(self._abandon(resumed))
-            raise spawn_error(
-                f"Your server's instance failed to set up: {e}", reason="instance-setup"
-            ) from None
+            message = f"Your server's instance failed to set up: {e}"
+            raise user_error(500, message, "instance-setup") from None
         except BaseException:
             await asyncio.shield(self._abandon(resumed))
             raise
         host, port = await self._address(instance)
         host = await self._dns_on_start(instance, host)
-        self._emit(f"Connecting to the notebook server at {host}:{port}", boot.BOOT_END)
+        self._progress.emit(f"Connecting to the notebook server at {host}:{port}", boot.BOOT_END)
         return host, port
+
+    async def _launch(self, choice):
+        """Create a new stack for ``choice``; record it as soon as AWS answers."""
+        subnet, zone = await self._placement()
+        user_data = await self._render_user_data(choice)
+        template = await run_blocking(Path(choice.config.template).read_text)
+        name = stacks.stack_name(
+            self.stack_name_prefix, self.hub_name, self.user.name, self.name or ""
+        )
+        tags = stacks.build_tags(
+            self.hub_name, self.user.name, self.name or "", choice, self.stack_tags
+        )
+        try:
+            parameters = stacks.build_parameters(choice, subnet, zone, user_data)
+        except stacks.ParameterError as e:
+            raise self._cannot_launch(choice, e) from None
+        self._progress.emit(
+            f"Creating stack {name} ({choice.config.display_name}, {choice.instance_type})"
+        )
+        create = asyncio.ensure_future(
+            run_blocking(
+                stacks.create_stack,
+                self.cfn_client,
+                name,
+                template,
+                parameters,
+                tags,
+                f"mliy-{uuid.uuid4()}",
+            )
+        )
+        try:
+            stack_id, created = await asyncio.shield(create)
+        except ClientError as e:
+            # AWS refused the stack (bad subnet, AMI, profile...). None should exist, but
+            # make sure nothing half-made stays behind under that name.
+            await run_blocking(stacks.delete_stack, self.cfn_client, name)
+            message = e.response.get("Error", {}).get("Message") or str(e)
+            raise user_error(
+                500,
+                f"AWS refused to launch {choice.config.display_name}: {message}",
+                "create-stack",
+            ) from None
+        except asyncio.CancelledError:
+            # the call runs on in its thread: learn the id, then delete what it made
+            try:
+                stack_id, created = await create
+            except Exception:
+                stack_id, created = None, False
+            if created:
+                self.stack.stack_id = stack_id
+                await self._delete_stack()
+            raise
+        self.stack = stacks.ServerStack(
+            stack_id=stack_id,
+            stack_name=name,
+            region=self.region,
+            launch_options=choice.as_user_options(),
+            dns_ip=self.stack.dns_ip,
+        )
+        self._save_state_now()
+        self._launched_at = time.monotonic()
+        self._following_events = True
+        if not created:
+            log.warning("Adopting existing stack %s for %s", name, self._log_name)
+            if await self._clear_failed_orphan(stack_id, name):
+                return await self._launch(choice)
+        self._progress.emit("CloudFormation accepted the stack; waiting for the instance", 10)
+
+    def _refuse_while_delete_pending(self):
+        """A stack that could not be deleted stays in state until it is: never launch
+        a new one beside it, which would leave the old one unaccounted for."""
+        if self.stack.delete_pending:
+            raise user_error(
+                500,
+                f"Your server's previous stack {self.stack.stack_name} could not be deleted "
+                "yet; try again in a few minutes, or ask an admin.",
+                "delete-pending",
+            )
+
+    def _cannot_launch(self, choice, error):
+        message = f"Software configuration {choice.config.slug!r} cannot be launched: {error}"
+        return user_error(500, message, "user-data")
+
+    async def _render_user_data(self, choice):
+        script = await run_blocking(Path(choice.config.user_data).read_text)
+        volume = choice.config.volume
+        env = userdata.instance_environment(
+            self.get_env(),
+            service_url=self._service_url(),
+            notebook_port=self.notebook_port,
+            user_name=self.user.name,
+            volume_device=volume.device if volume else "",
+        )
+        try:
+            return userdata.build_user_data(
+                script, choice.config.params, self.replacement_tokens, env
+            )
+        except userdata.UserDataError as e:
+            raise self._cannot_launch(choice, e) from None
+
+    def _service_url(self):
+        if self.service_url:
+            return self.service_url
+        if self.public_hub_url:
+            base = self.public_hub_url.split("/hub/")[0].rstrip("/")
+            return f"{base}/services/mliy/"
+        return ""
+
+    async def _placement(self):
+        """(subnet id, availability zone): configured, or from instance metadata."""
+        if self.subnet_id and self.availability_zone:
+            return self.subnet_id, self.availability_zone
+        try:
+            subnet, zone = await placement.hub_placement(self.instance_metadata_url)
+        except Exception as e:
+            raise user_error(
+                500,
+                "The hub is misconfigured: MLiySpawner.subnet_id/availability_zone are "
+                f"not set and instance metadata at {self.instance_metadata_url} could not "
+                f"be read ({e}).",
+                "placement",
+            ) from None
+        return self.subnet_id or subnet, self.availability_zone or zone
+
+    async def _clear_failed_orphan(self, stack_id, name):
+        """A stack of this name from a crashed hub that failed: delete it, wait, say True."""
+        stack = await run_blocking(stacks.describe_stack, self.cfn_client, stack_id)
+        status = stacks.simplify_status(stack["StackStatus"]) if stack else stacks.GONE
+        if status not in (stacks.FAILED, stacks.DELETING):
+            return False
+        self._progress.emit(
+            f"An earlier stack {name} failed ({stack['StackStatus']}); deleting it first"
+        )
+        if status == stacks.FAILED:
+            await run_blocking(stacks.delete_stack, self.cfn_client, stack_id)
+        self.stack.forget()
+
+        def deleted():
+            gone = self.reflector.stacks.get(stack_id) is None
+            return True if gone and self.reflector.fresh_since(asked) else None
+
+        asked = time.monotonic()
+        await self._wait(deleted, f"stack {name} to be deleted", self.start_timeout)
+        return True
+
+    async def _resume(self, choice):
+        """Start the stopped instance of the kept stack; False when there is none to resume."""
+        self._launched_at = time.monotonic()
+        await self.reflector.refresh()
+        stack = self.reflector.stacks.get(self.stack.stack_id)
+        status = stacks.simplify_status(stack.status) if stack else stacks.GONE
+        instance = self.reflector.instance_for_stack(self.stack.stack_id) if stack else None
+        if status != stacks.READY or instance is None or instance.state == "terminated":
+            log.info(
+                "Stack %s of %s cannot be resumed (%s); launching a new one",
+                self.stack.stack_name,
+                self._log_name,
+                stack.status if stack else "gone",
+            )
+            if stack is not None:
+                await self._delete_stack()
+                self._refuse_while_delete_pending()
+            self.stack.forget()
+            return False
+        self.stack.instance_id = instance.instance_id
+        self._progress.emit(f"Resuming instance {instance.instance_id}", 10)
+        if instance.state in ("stopping", "shutting-down"):
+            instance = await self._wait(
+                lambda: self._instance_in({"stopped"}), "the instance to stop", 300
+            )
+        if instance.state == "stopped":
+            if instance.instance_type != choice.instance_type:
+                self._progress.emit(f"Changing instance type to {choice.instance_type}")
+                await run_blocking(
+                    stacks.set_instance_type,
+                    self.ec2_client,
+                    instance.instance_id,
+                    choice.instance_type,
+                )
+            await run_blocking(stacks.start_instance, self.ec2_client, instance.instance_id)
+        self.stack.launch_options = choice.as_user_options()
+        return True
+
+    # ---- waiting on the shared view ----------------------------------------------------
+
+    async def _wait(self, check, what, limit, on_tick=None):
+        """Refresh the shared view (coalesced) until ``check()`` returns a value.
+
+        Pauses grow from wait_backoff_start by half each time up to wait_backoff_max:
+        fast for the first seconds of a launch, cheap for the minutes an instance takes
+        to boot. ``on_tick()`` (async) runs after each refresh.
+        """
+        deadline = time.monotonic() + limit
+        for pause in backoff(self.wait_backoff_start, self.wait_backoff_max):
+            await self.reflector.refresh()
+            if on_tick is not None:
+                await on_tick()
+            result = check()
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {limit:.0f} s waiting for {what}")
+            await asyncio.sleep(pause)
+
+    def _instance_in(self, states):
+        instance = self.reflector.instances.get(self.stack.instance_id)
+        return instance if instance is not None and instance.state in states else None
+
+    _instance_seen = None  # (instance id, state) last shown on the progress page
+
+    def _ready_instance(self):
+        """Reflector check while starting: the running instance, None to wait, or raise."""
+        stack = self.reflector.stacks.get(self.stack.stack_id)
+        if stack is None and not self.reflector.fresh_since(self._launched_at + 0.001):
+            return None
+        instance = self.reflector.instance_for_stack(self.stack.stack_id) if stack else None
+        if instance is not None and (instance.instance_id, instance.state) != self._instance_seen:
+            self.stack.instance_id = instance.instance_id
+            self._instance_seen = (instance.instance_id, instance.state)
+            percent = boot.BOOT_START if instance.state == "running" else 30
+            self._progress.emit(f"Instance {instance.instance_id} is {instance.state}", percent)
+        return stacks.ready_instance(self.stack.stack_name, stack, instance)
+
+    def _check_alive(self):
+        stacks.check_alive(
+            self.reflector.stacks.get(self.stack.stack_id),
+            self.reflector.instances.get(self.stack.instance_id),
+        )
+
+    _following_events = False  # a new stack is being created: show its events
+
+    async def _on_launch_tick(self):
+        """While start() waits: a new stack's events as progress, the instance's owner."""
+        if self._following_events and self.stack.stack_id:
+            try:
+                events = await run_blocking(
+                    stacks.stack_events, self.cfn_client, self.stack.stack_id
+                )
+            except Exception as e:
+                log.debug("Reading events of %s failed: %s", self.stack.stack_name, e)
+            else:
+                self._progress.add_stack_events(events)
+        if self.stack.instance_id and self._owner_recorded != self.stack.instance_id:
+            await self._record_owner()
+
+    _owner_recorded = None
+
+    async def _record_owner(self):
+        """Tell the store (and so the mliy service) which server owns the instance."""
+        await run_blocking(
+            self.store.record_instance,
+            self.stack.instance_id,
+            self.user.name,
+            self.name or "",
+            self.stack.stack_id,
+            self.stack.region or self.region,
+        )
+        self._owner_recorded = self.stack.instance_id
+
+    async def _failure_reason(self, fallback):
+        """The first failed resource's reason, from the stack's events."""
+        if not self.stack.stack_id:
+            return fallback
+        try:
+            events = await run_blocking(stacks.stack_events, self.cfn_client, self.stack.stack_id)
+        except Exception as e:
+            log.warning("Reading events of failed stack %s: %s", self.stack.stack_name, e)
+            return fallback
+        return stacks.failure_reason(events) or fallback
+
+    # ---- cleaning up ---------------------------------------------------------------------
+
+    async def _abandon(self, resumed):
+        """Clean up after a failed or cancelled start: never leave a stack unaccounted for."""
+        self._following_events = False
+        if resumed:
+            if self.stack.instance_id:
+                await run_blocking(stacks.stop_instance, self.ec2_client, self.stack.instance_id)
+            return
+        await self._delete_stack()
+
+    async def _delete_stack(self):
+        """Delete the stack; on an AWS error keep it in state, flagged for deletion."""
+        if not self.stack.stack_id:
+            return
+        try:
+            await run_blocking(stacks.delete_stack, self.cfn_client, self.stack.stack_id)
+        except Exception as e:
+            log.error("Deleting stack %s failed (%s); will retry", self.stack.stack_name, e)
+            self.stack.delete_pending = True
+            return
+        if self.stack.instance_id:
+            try:  # the service no longer needs to know whose instance it was
+                await run_blocking(self.store.forget_instance, self.stack.instance_id)
+            except Exception as e:
+                log.warning("Forgetting instance %s: %s", self.stack.instance_id, e)
+        self.stack.forget()
+
+    # ---- addresses and DNS -----------------------------------------------------------------
+
+    async def _address(self, instance):
+        if self.connect_address_hook is not None:
+            return tuple(await maybe_future(self.connect_address_hook(self, instance)))
+        return instance.private_ip, self.notebook_port
+
+    def _dns_name(self):
+        return plugins.dns_label(self.user.name, self.name or "")
+
+    async def _dns_on_start(self, instance, host):
+        """Point the DNS record at the new address; return the host to connect to."""
+        plugin = self.dns_plugin
+        if plugin is plugins.NOOP_DNS_PLUGIN:
+            return host
+        ip = instance.private_ip
+        # remembered even if the create fails or times out (it may still land later):
+        # stop() then deletes whatever record there is
+        self.stack.dns_ip = ip
+        error = await plugins.run_dns(plugin, "create", self._dns_name(), ip, log)
+        if error:
+            self._progress.emit(error)
+            return host
+        if self.connect_via_dns and self.connect_address_hook is None:
+            return plugins.dns_display_name(plugin, self._dns_name(), ip, log)
+        return host
+
+    async def _dns_on_stop(self):
+        plugin = self.dns_plugin
+        if plugin is plugins.NOOP_DNS_PLUGIN or not self.stack.dns_ip:
+            return
+        error = await plugins.run_dns(plugin, "delete", self._dns_name(), self.stack.dns_ip, log)
+        if error is None:
+            self.stack.dns_ip = None
 
     # ---- poll, stop, delete ------------------------------------------------------------
 
     async def poll(self):
         """Read from the shared view: None while the stack's instance runs (or is unknown)."""
-        if not self.stack_id:
+        if not self.stack.stack_id:
             return 0
         if self.reflector.last_success is None:
             try:
@@ -609,33 +917,33 @@ class MLiySpawner(StackLifecycle, Spawner):
             except TimeoutError:
                 return None
         return self.reflector.server_status(
-            self.stack_id, self.instance_id, self._launched_at + 0.001
+            self.stack.stack_id, self.stack.instance_id, self._launched_at + 0.001
         )
 
     async def get_url(self):
         """The server's URL from the current address (after a hub restart, a resume)."""
-        if self.stack_id:
+        if self.stack.stack_id:
             await self.reflector.refresh()
-            instance = self.reflector.instance_for_stack(self.stack_id)
+            instance = self.reflector.instance_for_stack(self.stack.stack_id)
             if instance is not None and instance.state == "running" and instance.private_ip:
                 host, port = await self._address(instance)
                 return f"http://{host}:{port}{self.server.base_url if self.server else '/'}"
         return await super().get_url()
 
     async def stop(self, now=False):
-        if not self.stack_id:
+        if not self.stack.stack_id:
             return
         await self._dns_on_stop()
-        if self.stop_action == "terminate" or self.delete_pending:
+        if self.stop_action == "terminate" or self.stack.delete_pending:
             await self._delete_stack()
             return
-        if not self.instance_id:
+        if not self.stack.instance_id:
             await self.reflector.refresh()
-            instance = self.reflector.instance_for_stack(self.stack_id)
-            self.instance_id = instance.instance_id if instance else None
-        if self.instance_id:
-            await self._aws(stacks.stop_instance, self.ec2_client, self.instance_id)
-            self.log.info("Stopping instance %s of %s", self.instance_id, self._log_name)
+            instance = self.reflector.instance_for_stack(self.stack.stack_id)
+            self.stack.instance_id = instance.instance_id if instance else None
+        if self.stack.instance_id:
+            await run_blocking(stacks.stop_instance, self.ec2_client, self.stack.instance_id)
+            log.info("Stopping instance %s of %s", self.stack.instance_id, self._log_name)
             if not now:
                 try:
                     await self._wait(
@@ -644,15 +952,15 @@ class MLiySpawner(StackLifecycle, Spawner):
                         120,
                     )
                 except TimeoutError:
-                    self.log.warning("Instance %s is still stopping", self.instance_id)
+                    log.warning("Instance %s is still stopping", self.stack.instance_id)
 
     async def delete_forever(self):
         """The server is removed (or its user deleted): delete its stack."""
-        if self.stack_id:
+        if self.stack.stack_id:
             await self._dns_on_stop()
             await self._delete_stack()
-            if self.delete_pending:
-                raise RuntimeError(f"stack {self.stack_name} could not be deleted")
+            if self.stack.delete_pending:
+                raise RuntimeError(f"stack {self.stack.stack_name} could not be deleted")
 
     # ---- start-up check --------------------------------------------------------------
 

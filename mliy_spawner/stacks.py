@@ -1,21 +1,36 @@
-"""CloudFormation and EC2 calls for one notebook stack, and the pure helpers around them.
+"""A server's CloudFormation stack: what identifies it, and the AWS steps of its life.
 
-The functions that take a client are blocking boto3 calls: the spawner runs them through
-:func:`mliy_spawner.util.run_blocking`. Everything else here is pure (names, parameters,
-status mapping, event messages) and is tested without AWS.
+- :class:`ServerStack` holds the identifiers of one server's stack, as saved in the
+  hub's database (``to_state``/``from_state``).
+- The functions that take a client are the blocking boto3 steps (create, describe,
+  events, delete, start, stop, resize): ``MLiySpawner`` runs them through
+  :func:`mliy_spawner.util.run_blocking` and decides what comes next.
+- Everything else is pure (names, parameters, tags, status mapping, event messages)
+  and is tested without AWS.
 """
 
 import hashlib
 import logging
 import re
+from dataclasses import asdict, dataclass, fields
 
 from botocore.exceptions import ClientError
-
-from .userdata import user_data_parameters
 
 log = logging.getLogger("mliy.launch")
 
 MAX_STACK_NAME = 128
+
+#: CloudFormation's limit on one parameter value, in bytes.
+MAX_PARAMETER_VALUE = 4096
+
+#: The template's parameters that carry the user data, in order; the template joins them.
+#: 4 x 4,096 bytes is exactly EC2's 16 KB limit.
+USER_DATA_PARAMETERS = ("UserData", "UserDataPart2", "UserDataPart3", "UserDataPart4")
+
+
+class ParameterError(ValueError):
+    """The launch does not fit the template's parameters; the message says why."""
+
 
 # Simplified stack states (what the spawner acts on).
 PENDING = "pending"
@@ -51,12 +66,91 @@ _STATUS = {
 
 # EC2 instance states that mean "a server may be running there"
 INSTANCE_UP = frozenset({"pending", "running"})
-INSTANCE_DOWN = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+
+
+#: Version of the ``"mliy"`` entry of a spawner's state; bump it when fields change meaning.
+STATE_VERSION = 1
+
+
+@dataclass
+class ServerStack:
+    """The identifiers of one server's stack, saved in the hub's database.
+
+    Identifiers only, never a secret: JupyterHub stores spawner state in clear.
+    """
+
+    #: the stack's ARN: a deleted stack can only be described by id, not by name
+    stack_id: str | None = None
+    #: for logs, and to find the stack again after a crash between create and save
+    stack_name: str | None = None
+    #: the instance to stop, start and resume
+    instance_id: str | None = None
+    #: where the stack lives, should the hub's region setting change
+    region: str | None = None
+    #: the options it was launched with (group, configuration, volume) to resume it
+    launch_options: dict | None = None
+    #: a failed launch whose stack could not be deleted yet: stop() and start() retry
+    delete_pending: bool = False
+    #: the address the DNS record points at, to delete it after a hub restart
+    dns_ip: str | None = None
+
+    def to_state(self):
+        """The ``"mliy"`` entry of the spawner's state, or None without a stack."""
+        if not self.stack_id:
+            return None
+        return {**asdict(self), "version": STATE_VERSION}
+
+    @classmethod
+    def from_state(cls, state):
+        """Read back :meth:`to_state`'s dict (None or {} give an empty ServerStack);
+        fields this release does not know are left out."""
+        state = state or {}
+        values = {f.name: state[f.name] for f in fields(cls) if f.name in state}
+        values["delete_pending"] = bool(values.get("delete_pending"))
+        return cls(**values)
+
+    def forget(self):
+        """The stack is gone: clear every identifier."""
+        for f in fields(self):
+            setattr(self, f.name, f.default)
 
 
 def simplify_status(status):
     """Map a CloudFormation StackStatus to pending/ready/failed/deleting/gone."""
     return _STATUS.get(status, FAILED if status and status.endswith("_FAILED") else PENDING)
+
+
+class LaunchFailed(Exception):
+    """A stack or its instance failed; the message is the reason to show the user."""
+
+
+def ready_instance(stack_name, stack, instance):
+    """While a new or resumed stack starts: its running instance, or None to wait.
+
+    ``stack`` and ``instance`` are the reflector's views (None when not seen; a stack
+    not seen in a fresh view is gone). Raises :class:`LaunchFailed` when the stack
+    failed or went away, or its instance stopped.
+    """
+    if stack is None:
+        raise LaunchFailed(f"stack {stack_name} disappeared")
+    status = simplify_status(stack.status)
+    if status in (FAILED, DELETING, GONE):
+        raise LaunchFailed(f"stack {stack.name} is {stack.status}")
+    if instance is None:
+        return None
+    if instance.state not in INSTANCE_UP:
+        raise LaunchFailed(f"instance {instance.instance_id} is {instance.state}")
+    if instance.state == "running" and instance.private_ip and status == READY:
+        return instance
+    return None
+
+
+def check_alive(stack, instance):
+    """While the instance boots: raise :class:`LaunchFailed` when it or its stack went down."""
+    if instance is not None and instance.state not in INSTANCE_UP:
+        raise LaunchFailed(f"instance {instance.instance_id} is {instance.state}")
+    if stack is not None and simplify_status(stack.status) != READY:
+        raise LaunchFailed(f"stack {stack.name} is {stack.status}")
 
 
 def _clean(text, limit):
@@ -121,6 +215,34 @@ def build_tags(hub_name, user_name, server_name, choice, extra=None):
         }
     )
     return [{"Key": k, "Value": str(v)[:256]} for k, v in tags.items()]
+
+
+def user_data_parameters(text):
+    """Split user data over :data:`USER_DATA_PARAMETERS` for the CloudFormation template.
+
+    Each part is at most :data:`MAX_PARAMETER_VALUE` bytes of UTF-8, cut between
+    characters; unused parts are empty strings. The template joins them in order.
+    Raises :class:`ParameterError` when the parts cannot hold ``text`` (over 16 KB, or
+    just under it with multi-byte characters on the cuts).
+    """
+    data = text.encode("utf-8")
+    parts = []
+    while data:
+        cut = min(len(data), MAX_PARAMETER_VALUE)
+        # never split a multi-byte character: back up over continuation bytes
+        while cut < len(data) and (data[cut] & 0xC0) == 0x80:
+            cut -= 1
+        parts.append(data[:cut].decode("utf-8"))
+        data = data[cut:]
+    if len(parts) > len(USER_DATA_PARAMETERS):
+        # only possible when multi-byte characters sit on the cuts
+        raise ParameterError(
+            f"user data of {len(text.encode('utf-8'))} bytes does not fit in"
+            f" {len(USER_DATA_PARAMETERS)} CloudFormation parameters of"
+            f" {MAX_PARAMETER_VALUE} bytes; shorten the user data script"
+        )
+    parts += [""] * (len(USER_DATA_PARAMETERS) - len(parts))
+    return dict(zip(USER_DATA_PARAMETERS, parts, strict=True))
 
 
 def event_message(event):
@@ -228,14 +350,6 @@ def delete_stack(cfn, stack_id):
         if not _is_error(e, "ValidationError"):
             raise
     log.info("Deleting stack %s", stack_id)
-
-
-def stack_instance_id(stack):
-    """The InstanceId output of a described stack, or None."""
-    for output in stack.get("Outputs") or ():
-        if output.get("OutputKey") == "InstanceId":
-            return output.get("OutputValue")
-    return None
 
 
 def start_instance(ec2, instance_id):

@@ -11,8 +11,8 @@ Pure functions, no I/O, no logging (the result holds the server's API token):
 - :func:`assemble` puts the preamble right after the script's ``#!`` line.
 - :func:`check_size` enforces EC2's 16 KB limit before any AWS call.
 - :func:`build_user_data` does all of the above.
-- :func:`user_data_parameters` splits the result over the template's four user-data
-  parameters, because CloudFormation caps one parameter value at 4,096 bytes.
+
+Splitting the result over the template's parameters is :mod:`mliy_spawner.stacks`'s job.
 """
 
 import re
@@ -20,13 +20,6 @@ import shlex
 
 #: EC2's limit on raw (not yet base64-encoded) user data, in bytes.
 MAX_USER_DATA = 16384
-
-#: CloudFormation's limit on one parameter value, in bytes.
-MAX_PARAMETER_VALUE = 4096
-
-#: The template's parameters that carry the user data, in order; the template joins them.
-#: 4 x 4,096 bytes is exactly EC2's 16 KB limit.
-USER_DATA_PARAMETERS = ("UserData", "UserDataPart2", "UserDataPart3", "UserDataPart4")
 
 #: The preamble lists the names it exported in this variable, so the bootstrap script
 #: knows which variables came from the hub (it writes them to the server's env file).
@@ -175,37 +168,8 @@ def build_user_data(script_text, params, replacement_tokens, env):
     Returns the user data as text. It holds the server's API token: never log it.
     """
     text = assemble(render_tokens(script_text, params, replacement_tokens), env)
-    user_data_parameters(text)  # checks the size, and that the text fits the parameters
-    return text
-
-
-def user_data_parameters(text):
-    """Split user data over :data:`USER_DATA_PARAMETERS` for the CloudFormation template.
-
-    Each part is at most :data:`MAX_PARAMETER_VALUE` bytes of UTF-8, cut between
-    characters; unused parts are empty strings. The template joins them in order.
-    Raises :class:`UserDataError` when ``text`` is over :data:`MAX_USER_DATA`, or (only
-    when multi-byte characters sit on the cuts) just under it but too big for the parts.
-    """
     check_size(text)
-    data = text.encode("utf-8")
-    parts = []
-    while data:
-        cut = min(len(data), MAX_PARAMETER_VALUE)
-        # never split a multi-byte character: back up over continuation bytes
-        while cut < len(data) and (data[cut] & 0xC0) == 0x80:
-            cut -= 1
-        parts.append(data[:cut].decode("utf-8"))
-        data = data[cut:]
-    if len(parts) > len(USER_DATA_PARAMETERS):
-        # only possible when multi-byte characters sit on the cuts
-        raise UserDataError(
-            f"user data of {len(text.encode('utf-8'))} bytes does not fit in"
-            f" {len(USER_DATA_PARAMETERS)} CloudFormation parameters of"
-            f" {MAX_PARAMETER_VALUE} bytes; shorten the user data script"
-        )
-    parts += [""] * (len(USER_DATA_PARAMETERS) - len(parts))
-    return dict(zip(USER_DATA_PARAMETERS, parts, strict=True))
+    return text
 
 
 #: Accounts an AMI already has (some with passwordless sudo): a hub user of that name

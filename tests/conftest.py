@@ -8,8 +8,8 @@ Fixtures:
   clients made by ``mliy_spawner.aws.make_client``.
 - ``spawner_config``: the traits of a two-configuration, two-group setup over ``aws_env``.
 - ``make_spawner``: builds an ``MLiySpawner`` against a fake hub and user (the second
-  layer of tests: no hub process), with a fast private reflector and a store in the
-  test's tmp_path; call it with
+  layer of tests: no hub process) and a real ``orm.Spawner`` row in an in-memory hub
+  database, with a fast private reflector and a store in the test's tmp_path; call it with
   ``user=``, ``groups=``, ``server_name=`` and trait overrides. Reflectors it made are
   stopped after the test.
 
@@ -105,6 +105,26 @@ def fake_user(name, groups=()):
     )
 
 
+def orm_spawner(user_name, server_name=""):
+    """A spawner row of JupyterHub's own database (in memory), as the hub gives one;
+    the row keeps its session (``row.test_session``) alive."""
+    from jupyterhub import orm
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    # JupyterHub's tables without its alembic stamp (alembic's logging set-up would
+    # disable the loggers that tests read)
+    engine = create_engine("sqlite://")
+    orm.Base.metadata.create_all(engine)
+    session = Session(engine)
+    user = orm.User(name=user_name)
+    row = orm.Spawner(user=user, name=server_name)
+    session.add_all([user, row])
+    session.commit()
+    row.test_session = session
+    return row
+
+
 def fake_hub():
     return SimpleNamespace(
         api_url="http://127.0.0.1:8081/hub/api",
@@ -138,7 +158,7 @@ async def make_spawner(aws_env, spawner_config, tmp_path):
         spawner = MLiySpawner(
             user=fake_user(user, groups),
             hub=fake_hub(),
-            orm_spawner=SimpleNamespace(name=server_name, server=None, display_name=server_name),
+            orm_spawner=orm_spawner(user, server_name),
             reflector=reflector,
             api_token="secret-api-token-0123456789",
             oauth_client_id=f"jupyterhub-user-{user}",

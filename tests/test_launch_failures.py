@@ -78,7 +78,7 @@ async def test_failed_stack_reports_resource_reason_and_is_deleted(aws_env, make
     assert "The requested configuration is currently not supported." in str(e.value)
     summaries = aws_env.cfn.list_stacks()["StackSummaries"]
     assert [s["StackStatus"] for s in summaries] == ["DELETE_COMPLETE"]
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
     assert await spawner.poll() == 0
 
 
@@ -99,7 +99,7 @@ async def test_stack_in_progress_then_complete(aws_env, make_spawner):
     held["stack"].status = "CREATE_COMPLETE"
     ip, port = await asyncio.wait_for(task, 10)
     assert ip.startswith("10.") and port == 8888
-    messages = [e["message"] for e in spawner._events]
+    messages = [e["message"] for e in spawner._progress.events]
     assert messages[0].startswith("Creating stack")
     assert any("running" in m for m in messages)
 
@@ -109,14 +109,14 @@ async def test_cancel_while_waiting_deletes_stack_and_reraises(aws_env, make_spa
     spawner = make_spawner()
     task = asyncio.ensure_future(begin(spawner))
     await asyncio.sleep(0.8)
-    assert spawner.stack_id
+    assert spawner.stack.stack_id
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]] == [
         "DELETE_COMPLETE"
     ]
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
 
 
 async def test_start_timeout_deletes_stack(aws_env, make_spawner):
@@ -140,7 +140,7 @@ async def test_refused_create_leaves_nothing(aws_env, make_spawner):
         if s["StackStatus"] != "DELETE_COMPLETE"
     ]
     assert live == []
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
 
 
 async def test_delete_failure_keeps_stack_tracked(aws_env, make_spawner):
@@ -161,11 +161,11 @@ async def test_delete_failure_keeps_stack_tracked(aws_env, make_spawner):
     with pytest.raises(web.HTTPError, match="not supported"):
         await begin(spawner)
     # the delete failed: the stack is still in state, flagged, and poll says it exists
-    assert spawner.stack_id and spawner.delete_pending
+    assert spawner.stack.stack_id and spawner.stack.delete_pending
     assert "delete_pending" in spawner.get_state()["mliy"]
     assert await spawner.poll() == 1  # a failed stack: not running, but still there
     await spawner.stop()  # the hub's cleanup: deletes it this time
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
     assert calls["delete"] == 2
 
 
@@ -174,7 +174,7 @@ async def test_poll_never_reports_stopped_on_aws_errors(aws_env, make_spawner):
     await begin(spawner)
     reflector = spawner.reflector
     # the instance stops, but AWS is throttling every describe call from now on
-    aws_env.ec2.stop_instances(InstanceIds=[spawner.instance_id])
+    aws_env.ec2.stop_instances(InstanceIds=[spawner.stack.instance_id])
     broken = make_client("ec2", "us-east-1")
     stubber = Stubber(broken)
     for _ in range(50):
@@ -276,12 +276,12 @@ async def test_failed_orphan_of_a_crashed_hub_is_replaced(aws_env, make_spawner)
     crashed = make_spawner()
     await crashed._run_apply_user_options({})
     await crashed._launch(crashed._launch_choice)
-    orphan = crashed.stack_id
+    orphan = crashed.stack.stack_id
     moto_stack(orphan).status = "ROLLBACK_COMPLETE"
 
     spawner = make_spawner()  # the restarted hub: no state for this server
     ip, _ = await begin(spawner)
-    assert spawner.stack_id != orphan
+    assert spawner.stack.stack_id != orphan
     statuses = {s["StackId"]: s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]}
-    assert statuses == {orphan: "DELETE_COMPLETE", spawner.stack_id: "CREATE_COMPLETE"}
-    assert any("An earlier stack" in e["message"] for e in spawner._events)
+    assert statuses == {orphan: "DELETE_COMPLETE", spawner.stack.stack_id: "CREATE_COMPLETE"}
+    assert any("An earlier stack" in e["message"] for e in spawner._progress.events)

@@ -62,3 +62,16 @@ def test_bad_levels_are_refused(levels, message):
     with pytest.raises(ValueError) as info:
         configure_logging(levels)
     assert message in str(info.value)
+
+
+async def test_a_spawn_and_a_stop_are_in_launch_log(make_spawner, tmp_path):
+    log_dir = tmp_path / "logs"
+    spawner = make_spawner(log_dir=str(log_dir))
+    await spawner._run_apply_user_options({})
+    await spawner.start()
+    await spawner.stop()
+    lines = (log_dir / "launch.log").read_text()
+    assert f"alice: Creating stack {spawner.stack.stack_name}" in lines
+    assert f"alice: Instance {spawner.stack.instance_id} is running" in lines
+    assert f"Stopping instance {spawner.stack.instance_id} of alice" in lines
+    assert "CreateStack" in (log_dir / "aws.log").read_text()

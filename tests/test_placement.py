@@ -5,8 +5,8 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from mliy_spawner import placement
 from mliy_spawner.placement import read_placement
-from mliy_spawner.spawner import MLiySpawner
 
 
 class FakeIMDS:
@@ -59,17 +59,17 @@ async def test_read_placement(imds, aws_env):
 
 
 async def test_spawner_launches_in_the_hubs_subnet(imds, aws_env, make_spawner, monkeypatch):
-    monkeypatch.setattr(MLiySpawner, "_placement_cache", None)
+    monkeypatch.setattr(placement, "_hub_placement", None)
     spawner = make_spawner(subnet_id="", availability_zone="", instance_metadata_url=imds.url)
     spawner.user_options = {}
     await spawner._run_apply_user_options({})
     await spawner.start()
-    instance = aws_env.ec2.describe_instances(InstanceIds=[spawner.instance_id])
+    instance = aws_env.ec2.describe_instances(InstanceIds=[spawner.stack.instance_id])
     assert instance["Reservations"][0]["Instances"][0]["SubnetId"] == aws_env.subnet_id
 
 
 async def test_unreachable_metadata_is_a_clear_error(aws_env, make_spawner, monkeypatch):
-    monkeypatch.setattr(MLiySpawner, "_placement_cache", None)
+    monkeypatch.setattr(placement, "_hub_placement", None)
     spawner = make_spawner(
         subnet_id="", availability_zone="", instance_metadata_url="http://127.0.0.1:9"
     )

@@ -30,7 +30,7 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     spawner = make_spawner(server_name="gpu")
     ip, port = await start(spawner, {"instance_type": "t2.medium", "volume_size": 30})
     assert port == 8888
-    instance = describe_instance(aws_env.ec2, spawner.instance_id)
+    instance = describe_instance(aws_env.ec2, spawner.stack.instance_id)
     assert ip == instance["PrivateIpAddress"]
     assert instance["State"]["Name"] == "running"
     assert instance["ImageId"] == aws_env.ami_id
@@ -45,7 +45,7 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     assert tags["mliy:launch-group"] == "analysts"
 
     # moto ignores security groups and volume encryption inside stacks: assert the parameters
-    params, stack = stack_parameters(aws_env.cfn, spawner.stack_id)
+    params, stack = stack_parameters(aws_env.cfn, spawner.stack.stack_id)
     # (moto echoes a CommaDelimitedList as the list's repr)
     assert params["SecurityGroupIds"] in (
         aws_env.security_group_id,
@@ -56,13 +56,13 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     assert params["VolumeSize"] == "30"
     assert stack["StackName"].startswith("mliy-alice-gpu-")
     volumes = aws_env.ec2.describe_volumes(
-        Filters=[{"Name": "attachment.instance-id", "Values": [spawner.instance_id]}]
+        Filters=[{"Name": "attachment.instance-id", "Values": [spawner.stack.instance_id]}]
     )["Volumes"]
     assert sorted(v["Size"] for v in volumes)[-1] == 30
 
     # the user data is the script with the preamble; the token is in it, nowhere else
     raw = aws_env.ec2.describe_instance_attribute(
-        InstanceId=spawner.instance_id, Attribute="userData"
+        InstanceId=spawner.stack.instance_id, Attribute="userData"
     )["UserData"]["Value"]
     script = base64.b64decode(raw).decode()
     assert "export JUPYTERHUB_API_TOKEN=secret-api-token-0123456789" in script
@@ -74,7 +74,7 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     )
 
     state = json.loads(json.dumps(spawner.get_state()))
-    instance_id, stack_id = spawner.instance_id, spawner.stack_id
+    instance_id, stack_id = spawner.stack.instance_id, spawner.stack.stack_id
     assert await spawner.poll() is None
 
     await spawner.stop()
@@ -87,14 +87,14 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     again = make_spawner(server_name="gpu")
     again.load_state(state)
     ip2, _ = await start(again)
-    assert again.instance_id == instance_id
-    assert again.stack_id == stack_id
+    assert again.stack.instance_id == instance_id
+    assert again.stack.stack_id == stack_id
     assert describe_instance(aws_env.ec2, instance_id)["State"]["Name"] == "running"
     assert ip2 == describe_instance(aws_env.ec2, instance_id)["PrivateIpAddress"]
     assert await again.poll() is None
 
     await again.delete_forever()
-    assert again.stack_id is None
+    assert again.stack.stack_id is None
     gone = aws_env.cfn.describe_stacks(StackName=stack_id)["Stacks"][0]
     assert gone["StackStatus"] == "DELETE_COMPLETE"
     assert describe_instance(aws_env.ec2, instance_id)["State"]["Name"] == "terminated"
@@ -104,9 +104,9 @@ async def test_stop_action_terminate_deletes_stack(aws_env, make_spawner):
     spawner = make_spawner(stop_action="terminate")
     assert spawner.will_resume is False
     await start(spawner, {"software_config": "small"})
-    stack_id, instance_id = spawner.stack_id, spawner.instance_id
+    stack_id, instance_id = spawner.stack.stack_id, spawner.stack.instance_id
     await spawner.stop()
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
     assert aws_env.cfn.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"] == (
         "DELETE_COMPLETE"
     )
@@ -120,7 +120,7 @@ async def test_resume_changes_instance_type_but_not_config(aws_env, make_spawner
     await spawner.stop()
     spawner.clear_state()
     ip, _ = await start(spawner, {"instance_type": "t2.medium"})
-    assert describe_instance(aws_env.ec2, spawner.instance_id)["InstanceType"] == "t2.medium"
+    assert describe_instance(aws_env.ec2, spawner.stack.instance_id)["InstanceType"] == "t2.medium"
     await spawner.stop()
     stacks_before = aws_env.cfn.describe_stacks()["Stacks"]
     spawner.user_options = {"software_config": "small"}
@@ -135,13 +135,13 @@ async def test_resume_changes_instance_type_but_not_config(aws_env, make_spawner
 async def test_stack_deleted_behind_our_back_launches_new(aws_env, make_spawner):
     spawner = make_spawner()
     await start(spawner)
-    first = spawner.stack_id
+    first = spawner.stack.stack_id
     await spawner.stop()
     aws_env.cfn.delete_stack(StackName=first)
     spawner.clear_state()
     assert await spawner.poll() == 0
     await start(spawner)
-    assert spawner.stack_id != first
+    assert spawner.stack.stack_id != first
 
 
 async def test_state_is_identifiers_with_version(aws_env, make_spawner):
@@ -173,8 +173,8 @@ async def test_user_in_no_group_cannot_spawn(aws_env, make_spawner):
 async def test_default_launch_group_lets_groupless_users_spawn(aws_env, make_spawner):
     spawner = make_spawner(user="nobody", groups=(), default_launch_group="students")
     await start(spawner)
-    assert spawner.launch_options["launch_group"] == "students"
-    assert spawner.launch_options["software_config"] == "small"
+    assert spawner.stack.launch_options["launch_group"] == "students"
+    assert spawner.stack.launch_options["software_config"] == "small"
 
 
 @pytest.mark.parametrize(
@@ -221,10 +221,10 @@ async def test_deterministic_name_adopts_orphan_after_crash(aws_env, make_spawne
     # a hub that died between CreateStack and saving its state: the next start adopts
     first = make_spawner()
     await start(first)
-    orphan = first.stack_id
+    orphan = first.stack.stack_id
     second = make_spawner()  # no state
     await start(second)
-    assert second.stack_id == orphan
+    assert second.stack.stack_id == orphan
     assert len(aws_env.cfn.describe_stacks()["Stacks"]) == 1
 
 
@@ -240,7 +240,7 @@ async def test_every_aws_call_runs_off_the_event_loop(aws_env, make_spawner):
     spawner = make_spawner()
     await start(spawner)
     await spawner.stop()
-    assert threads and all(name.startswith("mliy-aws") for name in threads)
+    assert threads and all(name.startswith("mliy-blocking") for name in threads)
 
 
 def test_stack_status_mapping():
@@ -292,7 +292,7 @@ async def test_cancel_while_creating_stack_deletes_it(aws_env, make_spawner):
         await task
     statuses = [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]]
     assert statuses == ["DELETE_COMPLETE"]
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
 
 
 @pytest.mark.parametrize(
@@ -366,21 +366,15 @@ async def test_get_url_after_hub_restart_reads_current_address(aws_env, make_spa
 
 async def test_stack_id_reaches_the_hub_database_before_start_returns(aws_env, make_spawner):
     from jupyterhub import orm
+    from sqlalchemy.orm import object_session
 
-    session = orm.new_session_factory("sqlite:///:memory:")()
-    user = orm.User(name="alice")
-    session.add(user)
-    session.commit()
-    orm_spawner = orm.Spawner(user=user, name="")
-    session.add(orm_spawner)
-    session.commit()
     spawner = make_spawner()
-    spawner.orm_spawner = orm_spawner
     await spawner._run_apply_user_options({})
     await spawner._launch(spawner._launch_choice)  # a hub that dies right after this...
+    session = object_session(spawner.orm_spawner)
     session.expire_all()
     saved = session.query(orm.Spawner).one().state["mliy"]
-    assert saved["stack_id"] == spawner.stack_id  # ...still knows its stack on restart
+    assert saved["stack_id"] == spawner.stack.stack_id  # ...still knows its stack on restart
     restarted = make_spawner()
     restarted.load_state({"mliy": saved})
     assert await restarted.poll() is None

@@ -26,14 +26,16 @@ async def report_when_owned(spawner, steps, store_url):
     store = Store(store_url)  # the service's own connection to the store
     try:
         for _ in range(500):
-            if spawner.instance_id and await asyncio.to_thread(store.owner, spawner.instance_id):
+            if spawner.stack.instance_id and await asyncio.to_thread(
+                store.owner, spawner.stack.instance_id
+            ):
                 break
             await asyncio.sleep(0.02)
-        owner = await asyncio.to_thread(store.owner, spawner.instance_id)
-        assert owner.user == spawner.user.name and owner.stack_id == spawner.stack_id
+        owner = await asyncio.to_thread(store.owner, spawner.stack.instance_id)
+        assert owner.user == spawner.user.name and owner.stack_id == spawner.stack.stack_id
         for step, percent, *failed in steps:
             await asyncio.to_thread(
-                store.add_progress, spawner.instance_id, step, percent, bool(failed)
+                store.add_progress, spawner.stack.instance_id, step, percent, bool(failed)
             )
             await asyncio.sleep(0.05)
     finally:
@@ -51,10 +53,10 @@ async def test_progress_shows_stack_then_instance_steps_and_replays(make_spawner
     instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
     await begin(spawner)
     await instance
-    messages = [e["message"] for e in spawner._events]
-    percents = [e["progress"] for e in spawner._events]
+    messages = [e["message"] for e in spawner._progress.events]
+    percents = [e["progress"] for e in spawner._progress.events]
     assert messages[0].startswith("Creating stack mliy-alice-")
-    running = messages.index(f"Instance {spawner.instance_id} is running")
+    running = messages.index(f"Instance {spawner.stack.instance_id} is running")
     assert messages[running + 1 : running + 1 + len(STEPS)] == [f"Instance: {s}" for s, _ in STEPS]
     assert messages[-1].startswith("Connecting to the notebook server at 10.")
     assert percents == sorted(percents) and percents[-1] == 95
@@ -62,10 +64,10 @@ async def test_progress_shows_stack_then_instance_steps_and_replays(make_spawner
     # a reconnecting page gets everything again, in order, from the start
     replay = []
     generator = spawner.progress()
-    for _ in spawner._events:
+    for _ in spawner._progress.events:
         replay.append(await generator.__anext__())
     await generator.aclose()
-    assert replay == spawner._events
+    assert replay == spawner._progress.events
 
 
 async def test_failed_step_fails_spawn_with_its_message(aws_env, make_spawner):
@@ -76,7 +78,7 @@ async def test_failed_step_fails_spawn_with_its_message(aws_env, make_spawner):
         await begin(spawner)
     await instance
     assert "failed to set up: Installing packages: pip exited 1" in str(e.value)
-    assert spawner.stack_id is None
+    assert spawner.stack.stack_id is None
     statuses = [s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]]
     assert statuses == ["DELETE_COMPLETE"]
 
@@ -90,7 +92,9 @@ async def test_resume_does_not_wait_for_boot_steps(make_spawner):
     spawner.clear_state()
     # the user data does not run again on a resumed instance: nothing more is reported
     await asyncio.wait_for(begin(spawner), 20)
-    assert not any(m.startswith("Instance: ") for m in (e["message"] for e in spawner._events))
+    assert not any(
+        m.startswith("Instance: ") for m in (e["message"] for e in spawner._progress.events)
+    )
 
 
 @pytest.fixture
@@ -117,7 +121,7 @@ async def test_dns_record_follows_start_stop_resume_delete(aws_env, make_spawner
     folder, route53, zone_id = dns_folder
     spawner = make_spawner(dns_plugin_folder=str(folder), connect_via_dns=True)
     host, _ = await begin(spawner)
-    ip = aws_env.ec2.describe_instances(InstanceIds=[spawner.instance_id])["Reservations"][0][
+    ip = aws_env.ec2.describe_instances(InstanceIds=[spawner.stack.instance_id])["Reservations"][0][
         "Instances"
     ][0]["PrivateIpAddress"]
     assert a_records(route53, zone_id) == {"mliy-alice.notebooks.test.": [ip]}
@@ -139,7 +143,9 @@ async def test_dns_failure_does_not_fail_the_spawn(aws_env, make_spawner, dns_fo
     spawner = make_spawner(dns_plugin_folder=str(folder), connect_via_dns=True)
     host, port = await begin(spawner)
     assert host.startswith("10.")  # reached by IP, MLiy's fallback
-    assert any("DNS create" in e["message"] and "failed" in e["message"] for e in spawner._events)
+    assert any(
+        "DNS create" in e["message"] and "failed" in e["message"] for e in spawner._progress.events
+    )
 
 
 async def test_no_log_record_holds_the_token_or_user_data(aws_env, make_spawner, caplog):
@@ -161,9 +167,13 @@ async def test_no_log_record_holds_the_token_or_user_data(aws_env, make_spawner,
 async def test_store_knows_the_owner_until_the_stack_is_deleted(make_spawner):
     spawner = make_spawner(server_name="gpu")
     await begin(spawner)
-    instance_id = spawner.instance_id
+    instance_id = spawner.stack.instance_id
     owner = spawner.store.owner(instance_id)
-    assert (owner.user, owner.server_name, owner.stack_id) == ("alice", "gpu", spawner.stack_id)
+    assert (owner.user, owner.server_name, owner.stack_id) == (
+        "alice",
+        "gpu",
+        spawner.stack.stack_id,
+    )
     await spawner.stop()  # stopped, not deleted: still known
     assert spawner.store.owner(instance_id) is not None
     await spawner.delete_forever()
@@ -174,7 +184,7 @@ async def test_silent_instance_is_left_to_the_hub_not_failed(aws_env, make_spawn
     spawner = make_spawner(service_url=SERVICE_URL, boot_silence_limit=0.5)
     ip, _ = await asyncio.wait_for(begin(spawner), 20)  # nothing reports: no 900 s wait
     assert ip.startswith("10.")
-    assert spawner.stack_id  # the stack stays: the hub now waits for the server itself
-    messages = [e["message"] for e in spawner._events]
+    assert spawner.stack.stack_id  # the stack stays: the hub now waits for the server itself
+    messages = [e["message"] for e in spawner._progress.events]
     assert "The instance reports no progress; waiting for its notebook server" in messages
     assert "is MLiySpawner.service_url reachable from instances?" in caplog.text

@@ -6,16 +6,13 @@ import subprocess
 import pytest
 
 from mliy_spawner.userdata import (
-    MAX_PARAMETER_VALUE,
     MAX_USER_DATA,
-    USER_DATA_PARAMETERS,
     UserDataError,
     assemble,
     build_user_data,
     check_size,
     env_preamble,
     render_tokens,
-    user_data_parameters,
 )
 
 HOSTILE = [
@@ -202,55 +199,6 @@ def test_build_user_data_counts_the_preamble():
     build_user_data(script, {}, {}, {})
     with pytest.raises(UserDataError, match="over EC2's limit"):
         build_user_data(script, {}, {}, {"JUPYTERHUB_API_TOKEN": "t" * 200})
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        pytest.param("", id="empty"),
-        pytest.param("short", id="short"),
-        pytest.param("x" * MAX_PARAMETER_VALUE, id="one-full"),
-        pytest.param("x" * (MAX_PARAMETER_VALUE + 1), id="two"),
-        pytest.param("x" * MAX_USER_DATA, id="four-full"),
-        pytest.param("a" + "é" * 5000, id="multibyte-boundaries"),
-        pytest.param("✓" * 5460, id="three-byte"),
-    ],
-)
-def test_user_data_parameters_split_and_join(text):
-    parts = user_data_parameters(text)
-    assert list(parts) == list(USER_DATA_PARAMETERS)
-    assert "".join(parts.values()) == text
-    for value in parts.values():
-        assert len(value.encode("utf-8")) <= MAX_PARAMETER_VALUE
-
-
-def test_user_data_parameters_refuses_oversize():
-    with pytest.raises(UserDataError, match="over EC2's limit"):
-        user_data_parameters("x" * (MAX_USER_DATA + 1))
-
-
-def test_multibyte_text_that_cannot_be_cut_into_four_parts_fails_at_build():
-    # 5461 three-byte characters are 16383 bytes, under EC2's limit, but every part can
-    # only hold 1365 whole characters (4095 bytes): the error comes before any AWS call
-    text = "✓" * 5461
-    check_size(text)
-    with pytest.raises(UserDataError, match="does not fit in 4 CloudFormation parameters"):
-        user_data_parameters(text)
-    # build_user_data runs the same check: find a script whose user data is under the
-    # limit and still cannot be cut (the preamble shifts where the characters fall)
-    for pad in range(12):
-        head = "#!/bin/bash\n#" + "x" * pad + "\n"
-        room = MAX_USER_DATA - len(assemble(head, {}).encode("utf-8"))
-        script = head + "✓" * (room // 3)
-        try:
-            user_data_parameters(assemble(script, {}))
-        except UserDataError:
-            break
-    else:
-        pytest.fail("no padding made the cuts lose bytes")
-    check_size(assemble(script, {}))
-    with pytest.raises(UserDataError, match="does not fit"):
-        build_user_data(script, {}, {}, {})
 
 
 def test_building_logs_nothing(caplog):
