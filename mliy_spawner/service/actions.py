@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from jupyterhub.services.auth import check_scopes
 
 from .. import aws
-from ..util import run_blocking
+from ..util import StatusError, run_blocking
 from .hub import HubAPIError, server_label
 
 log = logging.getLogger("mliy.service")
@@ -34,13 +34,8 @@ NEEDED_SCOPES = {
 }
 
 
-class ActionError(Exception):
+class ActionError(StatusError):
     """An action that cannot be carried out; ``status`` is the HTTP answer."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)

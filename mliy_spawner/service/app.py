@@ -21,12 +21,11 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 from jupyterhub.services.auth import HubAuth, HubOAuth
 from tornado import web
 
 from ..store import Store, store_url_from_env
-from ..util import run_blocking
+from ..util import run_blocking, template_environment
 from .actions import InstanceActions
 from .handlers import (
     InstanceActionHandler,
@@ -165,17 +164,8 @@ class Context:
 
     @property
     def templates(self):
-        if self._templates is None:
-            loader = ChoiceLoader(
-                [
-                    FileSystemLoader(list(self.settings.template_paths)),
-                    PackageLoader("mliy_spawner", "templates"),
-                ]
-            )
-            self._templates = Environment(loader=loader, autoescape=True)
-        return self._templates
-
-    _templates = None
+        """The page templates: ``MLIY_TEMPLATE_PATHS`` first, then the shipped ones."""
+        return template_environment(tuple(self.settings.template_paths))
 
 
 def _log_request(handler):

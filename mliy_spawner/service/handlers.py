@@ -16,20 +16,19 @@ from jupyterhub.services.auth import (
 from tornado import web
 
 from ..store import ProgressLimitError
-from ..util import run_blocking
-from .actions import ACTIONS, ActionError, refusal
-from .validation import ReportError, parse_json_report, parse_mliy_report, show
+from ..util import StatusError, run_blocking, shorten
+from .actions import ACTIONS, refusal
+from .validation import ReportError, parse_json_report, parse_mliy_report
 
 log = logging.getLogger("mliy.service")
 
 
-class APIError(web.HTTPError):
-    """An error answered as ``{"status": <code>, "message": <message>}``."""
+class APIError(StatusError):
+    """A :class:`~mliy_spawner.util.StatusError` answered with extra ``headers``
+    (``WWW-Authenticate``, ``Retry-After``)."""
 
     def __init__(self, status, message, headers=None):
-        # "%s" keeps tornado from %-formatting a message that holds user input
-        super().__init__(status, "%s", message)
-        self.message = message
+        super().__init__(status, message)
         self.headers = headers or {}
 
 
@@ -37,15 +36,16 @@ class QuietLogs:
     """Log errors with the request's path only: a query may hold a token or OAuth code."""
 
     def log_exception(self, typ, value, tb):
-        if isinstance(value, web.HTTPError):
-            message = value.message if isinstance(value, APIError) else (value.log_message or "")
-            log.info(
-                "%s %s -> %d %s", self.request.method, self.request.path, value.status_code, message
-            )
+        if isinstance(value, StatusError):
+            answer = (value.status, value.message)
+        elif isinstance(value, web.HTTPError):
+            answer = (value.status_code, value.log_message or "")
         else:
             log.error(
                 "%s %s failed", self.request.method, self.request.path, exc_info=(typ, value, tb)
             )
+            return
+        log.info("%s %s -> %d %s", self.request.method, self.request.path, *answer)
 
 
 class BaseHandler(QuietLogs, web.RequestHandler):
@@ -64,10 +64,14 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code, **kwargs):
+        """Every error as JSON. A :class:`~mliy_spawner.util.StatusError` (raised here or
+        by the actions and the hub client) answers with its status and message; tornado
+        sends anything but an HTTPError here as a 500 first."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, APIError):
-            message = exc.message
-            for name, value in exc.headers.items():
+        if isinstance(exc, StatusError):
+            status_code, message = exc.status, exc.message
+            self.set_status(status_code)
+            for name, value in getattr(exc, "headers", {}).items():
                 self.set_header(name, value)
         elif status_code == 405:
             message = f"method {self.request.method} is not allowed here"
@@ -109,7 +113,7 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         if record is None:
             raise APIError(
                 status_if_unknown,
-                f"instance {show(instance_id)} is unknown: no server of this hub runs on it",
+                f"instance {shorten(instance_id)} is unknown: no server of this hub runs on it",
             )
         return record
 
@@ -134,13 +138,13 @@ class ProgressHandler(BaseHandler):
             raise APIError(
                 403,
                 f"the token of {who} may not report progress for instance "
-                f"{show(instance_id)}: only its owner's tokens may",
+                f"{shorten(instance_id)}: only its owner's tokens may",
             )
         wait = self.context.limiter.allow(instance_id)
         if wait:
             raise APIError(
                 429,
-                f"too many progress reports for instance {show(instance_id)}; at most "
+                f"too many progress reports for instance {shorten(instance_id)}; at most "
                 f"{self.context.limiter.rate:g} per second",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
@@ -203,7 +207,7 @@ class InstanceActionHandler(BaseHandler):
     async def post(self, instance_id, action):
         model = await self.authenticate()
         if action not in ACTIONS:
-            raise APIError(400, f"action {show(action)} is unknown; one of {', '.join(ACTIONS)}")
+            raise APIError(400, f"action {shorten(action)} is unknown; one of {', '.join(ACTIONS)}")
         record = await self.instance(instance_id, 404)
         reason = refusal(model, record, action)
         if reason:
@@ -216,10 +220,7 @@ class InstanceActionHandler(BaseHandler):
             record.server_name,
             model.get("name"),
         )
-        try:
-            result = await self.context.actions.run(record, action)
-        except ActionError as e:
-            raise APIError(e.status, e.message) from None
+        result = await self.context.actions.run(record, action)  # ActionError: its status
         self.write_json(
             result.http_status,
             {
@@ -237,7 +238,7 @@ class NotFoundHandler(BaseHandler):
     """Any other path under the service's prefix: a JSON 404."""
 
     def prepare(self):
-        raise APIError(404, f"no such endpoint: {show(self.request.path)}")
+        raise APIError(404, f"no such endpoint: {shorten(self.request.path)}")
 
 
 class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):

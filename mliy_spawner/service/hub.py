@@ -8,16 +8,13 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from ..util import StatusError
+
 log = logging.getLogger("mliy.service")
 
 
-class HubAPIError(Exception):
-    """The hub answered an API call with an error status."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class HubAPIError(StatusError):
+    """The hub answered an API call with the error ``status`` (502: it did not answer)."""
 
 
 def server_path(user, server_name):

@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass
 
 from ..store import MAX_STEP_LENGTH
+from ..util import control_character, shorten
 
 FIELDS = ("step", "percent", "failed")
-# in error messages, values are shown cut to this many characters
-_SHOW = 60
 _MLIY_PATH = re.compile(r"^(?P<step>.*)\((?P<percent>[^()]*)\)$", re.DOTALL)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -33,27 +32,21 @@ class ProgressReport:
     failed: bool = False
 
 
-def show(value):
-    """``repr`` of ``value``, cut to a readable length."""
-    text = repr(value)
-    return text if len(text) <= _SHOW else text[: _SHOW - 3] + "..."
-
-
 def check_step(step):
     """The step text: a non-blank printable string of at most 200 characters."""
     if not isinstance(step, str):
-        raise ReportError(f"step is {show(step)}; allowed: a string")
+        raise ReportError(f"step is {shorten(step)}; allowed: a string")
     if not step.strip():
-        raise ReportError(f"step is {show(step)}; allowed: a non-empty text")
+        raise ReportError(f"step is {shorten(step)}; allowed: a non-empty text")
     if len(step) > MAX_STEP_LENGTH:
         raise ReportError(
-            f"step is {len(step)} characters long ({show(step)}); "
+            f"step is {len(step)} characters long ({shorten(step)}); "
             f"allowed: at most {MAX_STEP_LENGTH} characters"
         )
-    if not step.isprintable():
-        bad = next(ch for ch in step if not ch.isprintable())
+    bad = control_character(step)
+    if bad is not None:
         raise ReportError(
-            f"step {show(step)} contains the character {bad!r}; "
+            f"step {shorten(step)} contains the character {bad!r}; "
             "allowed: printable characters only (no control characters or line breaks)"
         )
     return step
@@ -62,7 +55,7 @@ def check_step(step):
 def check_percent(percent):
     """The percent: an integer from 0 to 100 (not a bool, float or string)."""
     if isinstance(percent, bool) or not isinstance(percent, int):
-        raise ReportError(f"percent is {show(percent)}; allowed: an integer from 0 to 100")
+        raise ReportError(f"percent is {shorten(percent)}; allowed: an integer from 0 to 100")
     if not 0 <= percent <= 100:
         raise ReportError(f"percent is {percent}; allowed: an integer from 0 to 100")
     return percent
@@ -70,7 +63,7 @@ def check_percent(percent):
 
 def check_failed(failed):
     if not isinstance(failed, bool):
-        raise ReportError(f"failed is {show(failed)}; allowed: true or false")
+        raise ReportError(f"failed is {shorten(failed)}; allowed: true or false")
     return failed
 
 
@@ -89,12 +82,12 @@ def parse_json_report(body):
         ) from None
     if not isinstance(data, dict):
         raise ReportError(
-            f"body is {show(data)}; allowed: an object with the fields step, percent, failed"
+            f"body is {shorten(data)}; allowed: an object with the fields step, percent, failed"
         )
     unexpected = sorted(set(data) - set(FIELDS))
     if unexpected:
         raise ReportError(
-            f"unexpected field(s) {', '.join(show(k) for k in unexpected)}; "
+            f"unexpected field(s) {', '.join(shorten(k) for k in unexpected)}; "
             f"allowed fields: {', '.join(FIELDS)}"
         )
     for name in ("step", "percent"):
@@ -117,12 +110,12 @@ def parse_mliy_report(tail, failed=None):
     match = _MLIY_PATH.match(tail)
     if not match:
         raise ReportError(
-            f"progress path {show(tail)} does not end in (<percent>); "
+            f"progress path {shorten(tail)} does not end in (<percent>); "
             "allowed: <step>(<percent>), for example 'Installing packages(40)'"
         )
     raw = match.group("percent")
     if not re.fullmatch(r"[0-9]{1,3}", raw):
-        raise ReportError(f"percent is {show(raw)}; allowed: an integer from 0 to 100")
+        raise ReportError(f"percent is {shorten(raw)}; allowed: an integer from 0 to 100")
     if failed is None:
         flag = False
     elif failed.strip().lower() in _TRUE:
@@ -130,7 +123,7 @@ def parse_mliy_report(tail, failed=None):
     elif failed.strip().lower() in _FALSE:
         flag = False
     else:
-        raise ReportError(f"failed is {show(failed)}; allowed: true, false, 1 or 0")
+        raise ReportError(f"failed is {shorten(failed)}; allowed: true, false, 1 or 0")
     return ProgressReport(
         step=check_step(match.group("step")), percent=check_percent(int(raw)), failed=flag
     )
