@@ -376,8 +376,8 @@ def test_dns_label_of_other_names_is_a_hashed_label(user_name, server_name):
 
 
 def test_dns_label_tells_similar_names_apart():
-    # not told apart (as by boot.dns_label): user "alice"'s server "gpu" and user
-    # "alice-gpu"'s default server, both "alice-gpu"
+    # not told apart: user "alice"'s server "gpu" and user "alice-gpu"'s default server,
+    # both "alice-gpu"
     names = [("alice", "gpu"), ("Alice", "gpu"), ("alice.gpu", ""), ("alice", ""), ("ALICE", "")]
     labels = [dns_label(user, server) for user, server in names]
     assert len(set(labels)) == len(names)

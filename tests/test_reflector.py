@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -75,22 +76,27 @@ def test_instance_found_by_stack_tag_when_outputs_are_not_there_yet():
     assert reflector.instance_for_stack(STACK).instance_id == "i-1"
 
 
-async def test_failed_cycles_back_off_to_the_limit_and_a_success_resets(monkeypatch):
-    reflector = Reflector(None, None, "mliy", interval=10.0, min_interval=0.5, max_backoff=30.0)
-    pauses = []  # the pause after each cycle, as asked of asyncio.sleep or wait_for
+class FlakyAWS:
+    """EC2 and CloudFormation in one: every call fails while ``down``; else nothing exists."""
+
     down = True
+
+    def get_paginator(self, name):
+        if self.down:
+            raise ConnectionError("AWS is unreachable")
+        return SimpleNamespace(paginate=lambda **kwargs: [{"Reservations": [], "Stacks": []}])
+
+
+async def test_failed_cycles_back_off_to_the_limit_and_a_success_resets(monkeypatch):
+    aws = FlakyAWS()
+    reflector = Reflector(aws, aws, "mliy", interval=10.0, min_interval=0.5, max_backoff=30.0)
+    pauses = []  # the pause after each cycle, as asked of asyncio.sleep or wait_for
     real_sleep = asyncio.sleep
 
-    def instances(ec2, hub_name):
-        if down:
-            raise ConnectionError("EC2 is unreachable")
-        return {}
-
     def after_cycle(seconds):
-        nonlocal down
         if seconds > reflector.min_interval:  # not the "at least min_interval" pause
             pauses.append(round(seconds))
-        down = len(pauses) < 7 or len(pauses) >= 9  # 7 failures, 2 successes, 1 failure
+        aws.down = len(pauses) < 7 or len(pauses) >= 9  # 7 failures, 2 successes, 1 failure
         reflector._stopping = len(pauses) == 10
 
     async def sleep(seconds):
@@ -102,8 +108,6 @@ async def test_failed_cycles_back_off_to_the_limit_and_a_success_resets(monkeypa
         awaitable.close()  # the wake-up wait: no one asks for a cycle here
         await real_sleep(0)
 
-    monkeypatch.setattr(reflector_module, "list_instances", instances)
-    monkeypatch.setattr(reflector_module, "list_stacks", lambda cfn, hub_name: {})
     monkeypatch.setattr(reflector_module.asyncio, "sleep", sleep)
     monkeypatch.setattr(reflector_module.asyncio, "wait_for", wait_for)
     reflector.start()

@@ -10,7 +10,7 @@ from cfnlint.decode import decode_str
 from moto import mock_aws
 
 from mliy_spawner.assets import asset_path
-from mliy_spawner.userdata import USER_DATA_PARAMETERS, user_data_parameters
+from mliy_spawner.stacks import USER_DATA_PARAMETERS, user_data_parameters
 
 REGION = "us-east-1"
 AZ = "us-east-1a"
