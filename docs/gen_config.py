@@ -6,7 +6,9 @@ file differs from what this prints.
 
 import importlib
 import inspect
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +27,55 @@ Only the settings these classes add are listed; everything JupyterHub's `Spawner
 """
 
 
-def _default(trait):
+def _default(cls, name, trait):
+    if name in getattr(cls, "_trait_default_generators", {}):
+        # a @default method computes it when the object is made: the help says how
+        return "computed (see below)"
     try:
         value = trait.default_value_repr()
     except Exception:
         value = repr(trait.default_value)
-    return value if len(value) < 80 else value[:77] + "..."
+    return f"`{value}`" if len(value) < 80 else f"`{value[:77]}...`"
+
+
+_LITERAL_INTRO = re.compile(r"^(?P<text>.*?)\s*::$")
+
+
+def to_markdown(help_text):
+    """Help written the traitlets way (reST-flavoured) as Markdown.
+
+    A paragraph ending in ``::`` introduces a literal block, the indented lines after a
+    blank line: the ``::`` becomes ``:`` (or goes, when alone on its line) and the block
+    becomes a fenced Python code block. Everything else is kept as written.
+    """
+    lines = inspect.cleandoc(help_text).splitlines()
+    out = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        intro = _LITERAL_INTRO.match(line)
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if intro and j > i + 1 and j < len(lines) and lines[j][:1].isspace():
+            block = []
+            k = j
+            while k < len(lines) and (not lines[k].strip() or lines[k][:1].isspace()):
+                block.append(lines[k])
+                k += 1
+            while block and not block[-1].strip():
+                block.pop()
+            text = intro.group("text")
+            if text:
+                out += [text + ":", ""]
+            out += ["```python", *textwrap.dedent("\n".join(block)).splitlines(), "```"]
+            if k < len(lines):
+                out.append("")
+            i = k
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out).strip()
 
 
 def render():
@@ -45,10 +90,10 @@ def render():
         }
         for name in sorted(own):
             trait = own[name]
-            help_text = inspect.cleandoc(trait.help or "").strip() or "(no help)"
+            help_text = to_markdown(trait.help or "") or "(no help)"
             parts.append(
                 f"\n### `c.{class_name}.{name}`\n\n"
-                f"{type(trait).__name__}, default `{_default(trait)}`\n\n{help_text}\n"
+                f"{type(trait).__name__}, default {_default(cls, name, trait)}\n\n{help_text}\n"
             )
     return "".join(parts)
 
