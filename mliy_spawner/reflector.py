@@ -2,9 +2,19 @@
 
 JupyterHub polls every spawner every 30 s; one DescribeInstances per server would use
 up EC2's Describe budget at a few hundred servers. Instead one :class:`Reflector` per
-region (and hub) lists every instance carrying the hub's tag and every stack, a fixed
-number of paginated calls per cycle whatever the number of servers, and spawners read
-its cache: ``poll()`` makes no AWS call.
+region (and hub) keeps a view that every spawner reads: ``poll()`` makes no AWS call.
+What a cycle costs is set by this hub's own servers, never by what else the account
+holds:
+
+- one DescribeInstances filtered by the hub's tag, 1,000 instances a page;
+- DescribeStacks by id, only for the stacks whose state needs it: new ones, those in
+  a transitional state (``*_IN_PROGRESS``), those whose instance changed or went away,
+  those a spawner just acted on (:meth:`Reflector.watch`), and one settled stack per
+  cycle in turn, so a change made behind the hub's back is seen within N cycles even
+  when no instance shows it. An idle cycle makes ceil(N / 1000) + 1 calls.
+
+Stacks are known from the spawners' state (``watch``) and from the stack tag that
+CloudFormation puts on every instance it creates.
 
 A cycle runs every ``interval`` seconds, or sooner when a spawner asks for one
 (:meth:`Reflector.refresh`); requests are coalesced, and cycles are at least
@@ -71,23 +81,62 @@ def list_instances(ec2, hub_name):
     return views
 
 
-def list_stacks(cfn, hub_name):
-    """Every live stack tagged for this hub (DescribeStacks lists all; filter by tag)."""
-    views = {}
-    for page in cfn.get_paginator("describe_stacks").paginate():
-        for stack in page["Stacks"]:
-            tags = _tags(stack.get("Tags"))
-            if tags.get(HUB_TAG) != hub_name:
-                continue
-            views[stack["StackId"]] = StackView(
-                stack_id=stack["StackId"],
-                name=stack["StackName"],
-                status=stack["StackStatus"],
-                reason=stack.get("StackStatusReason"),
-                outputs={o["OutputKey"]: o.get("OutputValue") for o in stack.get("Outputs") or ()},
-                tags=tags,
-            )
-    return views
+def describe_stack_view(cfn, stack_id):
+    """The stack as a :class:`StackView`, or None when it is gone (deleted, or never was)."""
+    stack = stacks.describe_stack(cfn, stack_id)
+    if stack is None or stack["StackStatus"] == "DELETE_COMPLETE":
+        return None
+    return StackView(
+        stack_id=stack["StackId"],
+        name=stack["StackName"],
+        status=stack["StackStatus"],
+        reason=stack.get("StackStatusReason"),
+        outputs={o["OutputKey"]: o.get("OutputValue") for o in stack.get("Outputs") or ()},
+        tags=_tags(stack.get("Tags")),
+    )
+
+
+def _settled(view):
+    return not view.status.endswith("_IN_PROGRESS")
+
+
+def stacks_to_describe(known, cached, gone, dirty, instances, previous_instances, turn):
+    """Which stacks a cycle describes (see the module's docstring), in a stable order.
+
+    ``known``: every stack id of this hub (watched, or on an instance's tag); ``cached``:
+    ``{stack id: StackView}`` from the last cycle; ``gone``: ids seen deleted; ``dirty``:
+    ids a spawner acted on; ``instances``/``previous_instances``: this and the last
+    cycle's ``{instance id: InstanceView}``; ``turn``: the cycle's number, choosing the
+    settled stack that is checked in turn.
+    """
+    by_stack = {}
+    for view in instances.values():
+        if view.stack_id:
+            by_stack.setdefault(view.stack_id, []).append(view)
+    needed = []
+    settled = []
+    for stack_id in sorted(known - gone):
+        view = cached.get(stack_id)
+        if view is None or stack_id in dirty or not _settled(view):
+            needed.append(stack_id)
+            continue
+        mine = by_stack.get(stack_id, ())
+        changed = not mine or any(
+            previous_instances.get(i.instance_id) != i or i.state in ("shutting-down", "terminated")
+            for i in mine
+        )
+        (needed if changed else settled).append(stack_id)
+    if settled:
+        needed.append(settled[turn % len(settled)])
+    return needed
+
+
+def read_view(ec2, cfn, hub_name, known, cached, gone, dirty, previous_instances, turn):
+    """One cycle's blocking reads: ``(instances, {stack id: StackView or None})``."""
+    instances = list_instances(ec2, hub_name)
+    known = known | {i.stack_id for i in instances.values() if i.stack_id}
+    wanted = stacks_to_describe(known, cached, gone, dirty, instances, previous_instances, turn)
+    return instances, {stack_id: describe_stack_view(cfn, stack_id) for stack_id in wanted}
 
 
 class Reflector:
@@ -112,7 +161,10 @@ class Reflector:
         self.max_backoff = max_backoff
         self.stale_after = stale_after or max(3 * interval, 30.0)
         self.instances = {}
-        self.stacks = {}
+        self.stacks = {}  # live stacks of this hub: {stack id: StackView}
+        self.gone = set()  # stack ids described as deleted (or never created)
+        self._watched = set()  # stack ids the spawners' state names
+        self._dirty = set()  # stack ids to describe in the next cycle whatever they show
         # monotonic start time of the last cycle that succeeded; None before the first
         self.last_success = None
         self.cycles = 0
@@ -133,6 +185,20 @@ class Reflector:
     def age(self):
         """Seconds since the start of the last successful cycle (inf before the first)."""
         return float("inf") if self.last_success is None else time.monotonic() - self.last_success
+
+    def watch(self, stack_id, changed=False):
+        """Follow ``stack_id`` (a spawner's state names it). With ``changed`` (a spawner
+        just created, deleted or acted on it), describe it in the next cycle."""
+        if not stack_id:
+            return
+        self._watched.add(stack_id)
+        if changed:
+            self._dirty.add(stack_id)
+            self.gone.discard(stack_id)
+
+    def is_gone(self, stack_id):
+        """True once a cycle described ``stack_id`` as deleted (or never created)."""
+        return stack_id in self.gone
 
     def instance_for_stack(self, stack_id):
         """The instance created by ``stack_id`` (from its CloudFormation tags), or None."""
@@ -156,7 +222,8 @@ class Reflector:
             return None
         stack = self.stacks.get(stack_id)
         if stack is None:
-            return 0 if self.fresh_since(since) else None
+            # gone, or not described yet (a stack just created, or just watched)
+            return 0 if stack_id in self.gone and self.fresh_since(since) else None
         status = stacks.simplify_status(stack.status)
         if status in (stacks.GONE, stacks.DELETING):
             return 0
@@ -248,10 +315,22 @@ class Reflector:
                 await asyncio.sleep(remaining)
 
     async def _cycle(self, started):
+        dirty, self._dirty = self._dirty, set()
         try:
-            instances = await run_blocking(list_instances, self.ec2, self.hub_name)
-            stacks = await run_blocking(list_stacks, self.cfn, self.hub_name)
+            instances, described = await run_blocking(
+                read_view,
+                self.ec2,
+                self.cfn,
+                self.hub_name,
+                set(self._watched),
+                self.stacks,
+                self.gone,
+                dirty,
+                self.instances,
+                self.cycles,
+            )
         except asyncio.CancelledError:
+            self._dirty |= dirty
             raise
         except Exception as e:
             log.warning(
@@ -268,7 +347,16 @@ class Reflector:
                     self.hub_name,
                     self.age,
                 )
+            self._dirty |= dirty
             return False
+        stacks = dict(self.stacks)
+        for stack_id, view in described.items():
+            if view is None:
+                stacks.pop(stack_id, None)
+                self.gone.add(stack_id)
+            else:
+                stacks[stack_id] = view
+        self._watched |= {i.stack_id for i in instances.values() if i.stack_id}
         self.instances = instances
         self.stacks = stacks
         self.last_success = started

@@ -59,18 +59,29 @@ class MLiySpawner(Spawner):
 
     region = Unicode(
         "us-east-1",
-        help="""AWS region where stacks are created, e.g. "us-west-2".
+        help="""AWS region where the stacks are created.
 
-        Prices in the options form are looked up for this region too.
+        The spawner's EC2 and CloudFormation clients work in this region, and the options form
+        shows the on-demand prices of this region. Default: "us-east-1".
+
+        Example::
+
+            c.MLiySpawner.region = "us-west-2"
         """,
     ).tag(config=True)
 
     aws_endpoint_url = Unicode(
         "",
-        help="""Endpoint URL for every AWS API (EC2, CloudFormation, Route 53).
+        help="""Endpoint URL for the spawner's AWS calls (EC2 and CloudFormation).
 
-        Empty (default) means the real AWS endpoints. The demo and the tests point it
-        at moto's server, e.g. "http://127.0.0.1:4566".
+        Empty (the default) means the real AWS endpoints. Set it to use a stand-in such as
+        moto's server, as the demo does. DNS plugins and the `mliy` service do not read it:
+        the shipped Route 53 plugin has its own ROUTE53_ENDPOINT_URL setting, and
+        `configure_service(c, aws_endpoint_url=...)` sets the service's.
+
+        Example::
+
+            c.MLiySpawner.aws_endpoint_url = "http://127.0.0.1:4566"
         """,
     ).tag(config=True)
 
@@ -90,27 +101,46 @@ class MLiySpawner(Spawner):
         "mliy",
         help="""Name of this hub, written to every stack's `mliy:hub` tag.
 
-        The shared reflector watches only instances and stacks carrying this tag, so give
-        each hub sharing an AWS account and region its own name. Default: "mliy".
+        The shared view of AWS follows only the instances carrying this tag, and the name goes
+        into the hash that ends each stack name. Give each hub that shares an AWS account and
+        region its own name, and do not change it while servers exist: the hub would no
+        longer see their instances. Default: "mliy".
         """,
     ).tag(config=True)
 
     stack_name_prefix = Unicode(
-        "mliy", help="First part of every stack name, e.g. mliy-alice-gpu-1a2b3c4d5e."
+        "mliy",
+        help="""First part of every stack name.
+
+        A stack is named `<prefix>-<user>-<server>-<hash>`, e.g. "mliy-alice-gpu-1a2b3c4d5e"
+        (the default server has no `<server>` part). The prefix is cut down to letters, digits
+        and "-" and to 20 characters; one not starting with a letter gets an "m" in front, and
+        an empty one becomes "mliy". Default: "mliy".
+        """,
     ).tag(config=True)
 
     stack_tags = Dict(
         {},
-        help="""Tags added to every stack (and so to its instance and volume),
-        e.g. {"cost-center": "analytics"}. The `mliy:*` and `Name` tags are set by the spawner.
+        help="""Tags added to every stack, and so to its instance and volume.
+
+        Values are turned into strings and cut to 256 characters. The spawner sets `Name` and
+        the `mliy:*` tags (mliy:hub, mliy:user, mliy:server, mliy:software-config,
+        mliy:launch-group) itself, over any of the same name given here. Default: {}.
+
+        Example::
+
+            c.MLiySpawner.stack_tags = {"cost-center": "analytics"}
         """,
     ).tag(config=True)
 
     reflector_interval = Float(
         10.0,
-        help="""Seconds between two refreshes of the shared view of AWS when nothing waits.
+        help="""Seconds between two refreshes of the shared view of AWS when nobody waits.
 
-        Spawners waiting on a launch ask for refreshes sooner (every 1 s at first).
+        One view per region and hub holds the hub's instances and stacks; `poll()` reads it
+        and makes no AWS call. A spawner waiting on AWS asks for a refresh sooner (see
+        `wait_backoff_start`); requests are shared, and refreshes are at least 1 s apart. After
+        a failed refresh the pauses double, up to 60 s. Default: 10.0.
         """,
     ).tag(config=True)
 
@@ -132,16 +162,27 @@ class MLiySpawner(Spawner):
         {},
         help="""Software configurations users choose from, keyed by slug (MLiy's SoftwareConfig).
 
-        Each value is a dict:
-        - `display_name`, `description` (admin HTML allowed; shown in the form)
-        - `ami_id` (required), e.g. "ami-0abcdef1234567890"
-        - `template`: CloudFormation template path (default: the shipped
-          cloudformation/notebook-instance.yaml)
-        - `user_data`: boot script path (default: the shipped userdata/mliy-bootstrap.sh)
-        - `params`: {token: value} replacing `{{{token}}}` in the script
-        - `instance_types` (required) and `default_instance_type` (default: the first)
-        - `volume`: None, or {"device": "/dev/sdf", "default_size": 100, "max_size": 1000,
-          "min_size": 1, "kms_key_id": ""}
+        A slug has 1 to 63 lower-case letters, digits, "_" and "-", and starts with a letter or
+        digit. Each value is a dict with these keys:
+
+        - `ami_id` (required): the AMI to launch, e.g. "ami-0abcdef1234567890".
+        - `instance_types` (required): the instance types offered, at least one.
+        - `default_instance_type`: the type selected at first, one of `instance_types`
+          (default: the first of them).
+        - `display_name`: the name shown in the form (default: the slug).
+        - `description`: shown in the form; admin HTML, inserted as is (default: empty).
+        - `template`: path of the CloudFormation template (default: the shipped
+          cloudformation/notebook-instance.yaml).
+        - `user_data`: path of the boot script (default: the shipped userdata/mliy-bootstrap.sh).
+        - `params`: {token: value} replacing `{{{token}}}` in the boot script; values are
+          strings or numbers, and win over `replacement_tokens` (default: {}).
+        - `volume`: an extra encrypted EBS volume, or None for none (the default). A dict with
+          `default_size` and `max_size` (required, in GiB), `min_size` (default 1), `device`
+          (default "/dev/sdf"; /dev/sd[b-z] or /dev/xvd[b-z]) and `kms_key_id` (default "":
+          the account's default key), where 1 <= min_size <= default_size <= max_size <= 16384.
+
+        An unknown key or a bad value stops the hub at start-up with a message naming it.
+        Default: {} (nothing to launch).
 
         Example::
 
@@ -168,15 +209,30 @@ class MLiySpawner(Spawner):
         {},
         help="""What each JupyterHub group may launch, keyed by group name (MLiy's GroupConfig).
 
-        Each value is a dict:
-        - `software_configs` (required): slugs of software_configs the group may use
-        - `security_group_ids` (required): ["sg-…"]
-        - `key_name`: EC2 key pair name (default: none)
-        - `instance_profile`: IAM instance profile name or ARN (default: none)
-        - `excluded_instance_types`: instance types members may not choose
+        Each value is a dict with these keys:
 
-        A user in several groups chooses the group in the form. A user in none cannot
-        spawn unless `default_launch_group` is set.
+        - `software_configs` (required): slugs of `software_configs` the group may launch, at
+          least one.
+        - `security_group_ids` (required): the instances' security groups, at least one, e.g.
+          ["sg-0123456789abcdef0"].
+        - `key_name`: EC2 key pair name for SSH to the instances (default: none).
+        - `instance_profile`: IAM instance profile name for the instances (default: none).
+        - `excluded_instance_types`: instance types the group's members may not choose
+          (default: none); it may not exclude every type of one of the group's configurations.
+
+        A user in several launch groups chooses one in the form; a user in none cannot spawn
+        unless `default_launch_group` is set. Default: {}; `MLiySpawner.check_config(c)`
+        refuses a configuration without any launch group.
+
+        Example::
+
+            c.MLiySpawner.launch_groups = {
+                "data-science": {
+                    "software_configs": ["python"],
+                    "security_group_ids": ["sg-0123456789abcdef0"],
+                    "instance_profile": "mliy-notebook",
+                },
+            }
         """,
     ).tag(config=True)
 
@@ -192,8 +248,11 @@ class MLiySpawner(Spawner):
 
     default_launch_group = Unicode(
         "",
-        help="""Launch group for users who are in none of `launch_groups` (default: none,
-        and such users cannot spawn).""",
+        help="""Launch group for users who are in none of `launch_groups`.
+
+        Must be one of the names in `launch_groups`; such users may then launch what that group
+        allows. Default: "" (none: a user in no launch group cannot spawn).
+        """,
     ).tag(config=True)
 
     @validate("default_launch_group")
@@ -207,62 +266,118 @@ class MLiySpawner(Spawner):
 
     replacement_tokens = Dict(
         {},
-        help="""Hub-wide values for `{{{token}}}` placeholders in user-data scripts
-        (MLiy's REPLACEMENT_TOKENS), e.g. {"pip_index_url": "https://pypi.example.com"}.
-        A configuration's own `params` win over these. Never put secrets here: the
-        rendered script is readable on the instance.""",
+        help="""Hub-wide values for `{{{token}}}` placeholders in boot scripts.
+
+        These are MLiy's REPLACEMENT_TOKENS; a software configuration's own `params` win
+        over them. Values are inserted once, as text (a value that looks like a placeholder
+        is not expanded again); None counts as no value, and a script with a placeholder
+        that has no value is not launched. Never put secrets here: the rendered script can
+        be read on the instance. Default: {}.
+
+        Example::
+
+            c.MLiySpawner.replacement_tokens = {"pip_index_url": "https://pypi.example.com/simple"}
+        """,
     ).tag(config=True)
 
     # ---- placement and networking --------------------------------------------------
 
     subnet_id = Unicode(
         "",
-        help="""Subnet for the instances. Empty: read from EC2 instance metadata, the
-        subnet of the machine the hub runs on (MLiy's behaviour).""",
+        help="""Subnet the instances are launched in.
+
+        Empty (the default): the subnet of the machine the hub runs on, read from EC2 instance
+        metadata (see `instance_metadata_url`), as MLiy did. A hub that does not run on EC2
+        sets both this and `availability_zone`.
+        """,
     ).tag(config=True)
 
     availability_zone = Unicode(
         "",
-        help="""Availability zone for instance and volume. Empty: from instance metadata.""",
+        help="""Availability zone of the instances and their extra volumes.
+
+        It must be the zone of the subnet. Empty (the default): the zone of the machine the hub
+        runs on, read from EC2 instance metadata.
+        """,
     ).tag(config=True)
 
     instance_metadata_url = Unicode(
         "http://169.254.169.254",
-        help="Base URL of the EC2 instance metadata service (IMDSv2), used for placement.",
+        help="""Base URL of the EC2 instance metadata service (IMDSv2).
+
+        Read once per hub process, and only when `subnet_id` or `availability_zone` is empty,
+        to place instances beside the hub. Default: "http://169.254.169.254".
+        """,
     ).tag(config=True)
 
     stop_action = Enum(
         ["stop", "terminate"],
         "stop",
-        help="""What stopping a server does: "stop" (default) stops the instance and keeps
-        its disk, and the next start resumes it; "terminate" deletes the stack.""",
+        help="""What stopping a server does: "stop" or "terminate".
+
+        "stop" (the default) stops the instance and keeps its stack and disks; the next start
+        resumes the same instance, whose instance type may change but not its launch group,
+        software configuration or volume size. "terminate" deletes the stack with its instance
+        and volume; the next start launches a new one. Removing a named server, or its user,
+        always deletes the stack. This also sets the default of JupyterHub's `will_resume`
+        (True with "stop").
+        """,
     ).tag(config=True)
 
     notebook_port = Int(
-        8888, help="Port the notebook server listens on, on all interfaces of the instance."
+        8888,
+        help="""Port the notebook server listens on, on all interfaces of the instance.
+
+        The hub connects to it at the instance's private IP (unless `connect_address_hook`
+        says otherwise), so the launch group's security groups must let the hub reach it.
+        Default: 8888.
+        """,
     ).tag(config=True)
 
     service_url = Unicode(
         "",
-        help="""URL of the `mliy` hub service as the instances reach it, ending in "/",
-        e.g. "https://hub.example.com/services/mliy/". Instances report their boot
-        progress there. Default: JupyterHub.public_url + "services/mliy/" when the
-        public URL is set, else empty (no progress from instances).""",
+        help="""URL of the `mliy` hub service as the instances reach it, ending in "/".
+
+        Instances report their boot progress there (see `wait_for_boot`). Default: empty,
+        meaning `c.JupyterHub.public_url` followed by "services/mliy/" when the public URL is
+        set, else no URL (no progress from instances). Set it when instances reach the hub by
+        another address, or when the service has another name than "mliy".
+
+        Example::
+
+            c.MLiySpawner.service_url = "https://hub.example.com/services/mliy/"
+        """,
     ).tag(config=True)
 
     connect_address_hook = Callable(
         None,
         allow_none=True,
-        help="""Optional `hook(spawner, instance) -> (host, port)` (may be async) deciding
-        where the hub connects to a running instance. `instance` is a
-        reflector.InstanceView. Default: the instance's private IP and notebook_port.
-        The embedded demo uses it to map instances to local servers.""",
+        help="""Optional hook deciding where the hub connects to a running instance.
+
+        Called as `hook(spawner, instance)`, it returns `(host, port)` and may be async.
+        `instance` is a `mliy_spawner.reflector.InstanceView` (instance_id, state, private_ip,
+        instance_type, stack_id, tags). Default: None, meaning the instance's private IP and
+        `notebook_port`. With a hook set, `connect_via_dns` has no effect. The embedded demo
+        uses a hook to map instances to local servers.
+
+        Example::
+
+            def by_name_tag(spawner, instance):
+                host = instance.tags.get("dns-name") or instance.private_ip
+                return host, spawner.notebook_port
+
+            c.MLiySpawner.connect_address_hook = by_name_tag
+        """,
     ).tag(config=True)
 
     store_url = Unicode(
-        help="""SQLAlchemy URL of the store shared with the `mliy` service (instance
-        ownership, boot progress). Default: $MLIY_STORE_URL, else `mliy.sqlite` in the
-        hub's folder. `configure_service(c)` sets both sides to the same URL.""",
+        help="""SQLAlchemy URL of the store shared with the `mliy` service.
+
+        The store records which server owns which instance, and the instances' boot progress.
+        Default: $MLIY_STORE_URL when set, else a SQLite file `mliy.sqlite` in the hub's
+        working folder (as an absolute path). `configure_service(c)` sets both sides to the
+        same URL (unless the URL holds a password: then set $MLIY_STORE_URL for the hub).
+        """,
     ).tag(config=True)
 
     @default("store_url")
@@ -277,33 +392,56 @@ class MLiySpawner(Spawner):
 
     wait_for_boot = Bool(
         True,
-        help="""Wait, in start(), until the instance's user-data script reports that the
-        notebook server is up (or failed), showing its steps as progress. Needs a
-        service URL (see service_url). Turn off for scripts that report nothing.""",
+        help="""Wait in start() until the instance's boot script reports the notebook server up.
+
+        The reported steps show as progress, and a reported failure fails the spawn. Only new
+        instances are waited for (a resumed one is not), and only with a service URL (see
+        `service_url`); the wait is bounded by `start_timeout`, and by `boot_silence_limit`
+        while the instance reports nothing. Turn it off for boot scripts that report nothing.
+        Default: True.
+        """,
     ).tag(config=True)
 
     boot_silence_limit = Float(
         300.0,
-        help="""Seconds to wait for an instance's first progress report before leaving the
-        wait to the hub (whose http_timeout then applies). Instances that report nothing
-        do not fail their spawn for it.""",
+        help="""Seconds to wait for an instance's first boot report before leaving the wait.
+
+        When an instance reports nothing for this long (its script does not report, or cannot
+        reach `service_url`), start() stops waiting and the hub waits for the notebook server
+        itself, within JupyterHub's `http_timeout`. The spawn does not fail for the silence.
+        Default: 300.0.
+        """,
     ).tag(config=True)
 
     dns_plugin_folder = Unicode(
         "",
-        help="""Folder of MLiy-style plugin files holding the DNS plugin (createDnsEntry,
-        deleteDnsEntry, dnsDisplayName), e.g. the shipped `plugins/` with route53.py.
-        Empty with dns_plugin_name empty: no DNS (servers are reached by IP).""",
+        help="""Folder of MLiy-style plugin files holding the DNS plugin.
+
+        The files define `createDnsEntry`, `deleteDnsEntry` and `dnsDisplayName`, each in one
+        file only; e.g. the shipped `plugins/` folder with route53.py. The record is created
+        when a server starts and deleted when it stops. Set this or `dns_plugin_name`, not
+        both. Empty with `dns_plugin_name` empty (the default): no DNS, servers are reached by
+        IP.
+        """,
     ).tag(config=True)
 
     dns_plugin_name = Unicode(
-        "", help="Name of a DNS plugin registered under the `mliy_spawner.dns_plugins` entry point."
+        "",
+        help="""Name of a DNS plugin registered under the `mliy_spawner.dns_plugins` entry point.
+
+        The plugin defines the same three functions as a plugin folder (see
+        `dns_plugin_folder`). Set this or `dns_plugin_folder`, not both. Default: "" (none).
+        """,
     ).tag(config=True)
 
     connect_via_dns = Bool(
         False,
-        help="""Connect the hub to servers by the DNS plugin's name (dnsDisplayName) rather
-        than their IP. When the DNS update fails the IP is used (MLiy's fallback).""",
+        help="""Connect the hub to servers by their DNS name instead of their IP address.
+
+        The name is the DNS plugin's `dnsDisplayName`. When the DNS update fails, or the plugin
+        gives no name, the IP is used (MLiy's fallback). No effect without a DNS plugin, or
+        with `connect_address_hook` set. Default: False.
+        """,
     ).tag(config=True)
 
     @validate("dns_plugin_folder", "dns_plugin_name")
@@ -323,14 +461,27 @@ class MLiySpawner(Spawner):
 
     log_levels = Dict(
         {},
-        help="""Levels of the mliy.* loggers in the hub, e.g. {"aws": "DEBUG"} (areas:
-        auth, aws, launch, service; default INFO). They print on the hub's console.""",
+        help="""Levels of the hub's `mliy.*` loggers, keyed by area.
+
+        The areas are auth, aws, launch and service; a key may also be the logger's full name,
+        e.g. "mliy.aws". A level is a name (DEBUG, INFO, WARNING, ERROR, CRITICAL, in any case)
+        or a number; areas not named log at INFO (the default). The records print on the hub's
+        console, and go to files with `log_dir`. The `mliy` service's levels are set with
+        `configure_service(c, log_levels=...)`.
+
+        Example::
+
+            c.MLiySpawner.log_levels = {"aws": "DEBUG"}
+        """,
     ).tag(config=True)
 
     log_dir = Unicode(
         "",
-        help="""Folder for one log file per area (auth.log, aws.log, launch.log,
-        service.log: MLiy's auth, boto, launch and web logs). Empty: console only.""",
+        help="""Folder for one log file per area, besides the console.
+
+        The files are auth.log, aws.log, launch.log and service.log (MLiy's auth, boto, launch
+        and web logs); the folder is created if missing. Empty (the default): console only.
+        """,
     ).tag(config=True)
 
     @validate("log_levels")
@@ -348,11 +499,22 @@ class MLiySpawner(Spawner):
         self._progress = LaunchProgress(self._log_name)
 
     wait_backoff_start = Float(
-        1.0, help="First pause, in seconds, between two checks while waiting on AWS."
+        1.0,
+        help="""First pause, in seconds, between two checks while waiting on AWS.
+
+        Each pause is 1.5 times the one before, up to `wait_backoff_max`: frequent checks in
+        the first seconds of a launch, fewer in the minutes an instance takes to boot. It is
+        also the first pause between reads of the boot progress (those stay at most 5 s).
+        Default: 1.0.
+        """,
     ).tag(config=True)
 
     wait_backoff_max = Float(
-        10.0, help="Longest pause, in seconds, between two checks while waiting on AWS."
+        10.0,
+        help="""Longest pause, in seconds, between two checks while waiting on AWS.
+
+        The pauses grow from `wait_backoff_start` up to this. Default: 10.0.
+        """,
     ).tag(config=True)
 
     @default("start_timeout")
@@ -380,17 +542,24 @@ class MLiySpawner(Spawner):
 
     pricing_file = Unicode(
         "",
-        help="""ec2instances.info `instances.json` for the prices in the options form.
-        Default: the shipped pricing/instances.json. The file is re-read when it changes
-        (replace it with `mliy-pricing refresh SOURCE`), no restart needed.""",
+        help="""Path of an ec2instances.info `instances.json` with the prices for the options form.
+
+        Empty (the default): the shipped pricing/instances.json. The file is checked at most
+        once a second and re-read when it changed, with no restart; a changed file that does
+        not load is logged and the previous prices stay. Replace it with
+        `mliy-pricing refresh SOURCE --file PATH`, which checks the new catalog first (without
+        `--file` it replaces the shipped file).
+        """,
     ).tag(config=True)
 
     form_template_paths = List(
         Unicode(),
         [],
-        help="""Folders searched for `form.html` before the shipped template, so admins
-        can restyle the options form. Values are escaped; only configuration
-        descriptions are inserted as HTML.""",
+        help="""Folders searched for `form.html` before the shipped template.
+
+        Lets admins restyle the options form. The form's values are escaped; only software
+        configurations' descriptions are inserted as HTML. Default: [] (the shipped template).
+        """,
     ).tag(config=True)
 
     @default("options_form")
@@ -631,6 +800,7 @@ class MLiySpawner(Spawner):
             dns_ip=self.stack.dns_ip,
         )
         self._save_state_now()
+        self.reflector.watch(stack_id, changed=True)
         self._launched_at = time.monotonic()
         self._following_events = True
         if not created:
@@ -708,18 +878,18 @@ class MLiySpawner(Spawner):
             await run_blocking(stacks.delete_stack, self.cfn_client, stack_id)
         self.stack.forget()
 
-        def deleted():
-            gone = self.reflector.stacks.get(stack_id) is None
-            return True if gone and self.reflector.fresh_since(asked) else None
-
-        asked = time.monotonic()
-        await self._wait(deleted, f"stack {name} to be deleted", self.start_timeout)
+        self.reflector.watch(stack_id, changed=True)
+        await self._wait(
+            lambda: self.reflector.is_gone(stack_id) or None,
+            f"stack {name} to be deleted",
+            self.start_timeout,
+        )
         return True
 
     async def _resume(self, choice):
         """Start the stopped instance of the kept stack; False when there is none to resume."""
         self._launched_at = time.monotonic()
-        await self.reflector.refresh()
+        await self._refresh()
         stack = self.reflector.stacks.get(self.stack.stack_id)
         status = stacks.simplify_status(stack.status) if stack else stacks.GONE
         instance = self.reflector.instance_for_stack(self.stack.stack_id) if stack else None
@@ -765,7 +935,7 @@ class MLiySpawner(Spawner):
         """
         deadline = time.monotonic() + limit
         for pause in backoff(self.wait_backoff_start, self.wait_backoff_max):
-            await self.reflector.refresh()
+            await self._refresh()
             if on_tick is not None:
                 await on_tick()
             result = check()
@@ -774,6 +944,11 @@ class MLiySpawner(Spawner):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {limit:.0f} s waiting for {what}")
             await asyncio.sleep(pause)
+
+    async def _refresh(self):
+        """A fresh view of this server's stack (the reflector follows what state names)."""
+        self.reflector.watch(self.stack.stack_id)
+        await self.reflector.refresh()
 
     def _instance_in(self, states):
         instance = self.reflector.instances.get(self.stack.instance_id)
@@ -784,8 +959,8 @@ class MLiySpawner(Spawner):
     def _ready_instance(self):
         """Reflector check while starting: the running instance, None to wait, or raise."""
         stack = self.reflector.stacks.get(self.stack.stack_id)
-        if stack is None and not self.reflector.fresh_since(self._launched_at + 0.001):
-            return None
+        if stack is None and not self.reflector.is_gone(self.stack.stack_id):
+            return None  # not described yet
         instance = self.reflector.instance_for_stack(self.stack.stack_id) if stack else None
         if instance is not None and (instance.instance_id, instance.state) != self._instance_seen:
             self.stack.instance_id = instance.instance_id
@@ -862,6 +1037,7 @@ class MLiySpawner(Spawner):
             log.error("Deleting stack %s failed (%s); will retry", self.stack.stack_name, e)
             self.stack.delete_pending = True
             return
+        self.reflector.watch(self.stack.stack_id, changed=True)
         if self.stack.instance_id:
             try:  # the service no longer needs to know whose instance it was
                 await run_blocking(self.store.forget_instance, self.stack.instance_id)
@@ -910,10 +1086,11 @@ class MLiySpawner(Spawner):
         """Read from the shared view: None while the stack's instance runs (or is unknown)."""
         if not self.stack.stack_id:
             return 0
+        self.reflector.watch(self.stack.stack_id)
         if self.reflector.last_success is None:
             try:
                 async with asyncio.timeout(10):
-                    await self.reflector.refresh()
+                    await self._refresh()
             except TimeoutError:
                 return None
         return self.reflector.server_status(
@@ -923,7 +1100,7 @@ class MLiySpawner(Spawner):
     async def get_url(self):
         """The server's URL from the current address (after a hub restart, a resume)."""
         if self.stack.stack_id:
-            await self.reflector.refresh()
+            await self._refresh()
             instance = self.reflector.instance_for_stack(self.stack.stack_id)
             if instance is not None and instance.state == "running" and instance.private_ip:
                 host, port = await self._address(instance)
@@ -938,7 +1115,7 @@ class MLiySpawner(Spawner):
             await self._delete_stack()
             return
         if not self.stack.instance_id:
-            await self.reflector.refresh()
+            await self._refresh()
             instance = self.reflector.instance_for_stack(self.stack.stack_id)
             self.stack.instance_id = instance.instance_id if instance else None
         if self.stack.instance_id:

@@ -20,6 +20,8 @@ def view(stack_status=None, instance_state=None, fresh=True, launched_later=Fals
         reflector.stacks[STACK] = StackView(
             STACK, "mliy-alice-1", stack_status, None, {"InstanceId": "i-1"}, {}
         )
+    else:
+        reflector.gone.add(STACK)  # a cycle described it as deleted
     if instance_state:
         reflector.instances["i-1"] = InstanceView(
             "i-1", instance_state, "10.0.0.5", "t2.micro", STACK, {}
@@ -113,3 +115,52 @@ async def test_failed_cycles_back_off_to_the_limit_and_a_success_resets(monkeypa
     reflector.start()
     await reflector._task
     assert pauses == [1, 2, 4, 8, 16, 30, 30, 10, 10, 1]
+
+
+FOREIGN_TEMPLATE = '{"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}'
+
+
+async def test_idle_cycles_cost_the_same_beside_300_foreign_stacks(aws_env, make_spawner):
+    from collections import Counter
+
+    from mliy_spawner.aws import make_client
+
+    counts = Counter()
+    ec2 = make_client("ec2", "us-east-1")
+    cfn = make_client("cloudformation", "us-east-1")
+    for client in (ec2, cfn):
+        client.meta.events.register("before-call", lambda model, **kw: counts.update([model.name]))
+    reflector = Reflector(ec2, cfn, "mliy", interval=5.0, min_interval=0.01)
+
+    async def idle_cycles(n=6):
+        await reflector.refresh()  # whatever changed is seen in this one
+        counts.clear()
+        for _ in range(n):
+            await reflector.refresh()
+        return dict(counts)
+
+    try:
+        spawners = [make_spawner(user=f"user{i}", reflector=reflector) for i in range(2)]
+        for spawner in spawners:
+            await spawner._run_apply_user_options({})
+            await spawner.start()
+        alone = await idle_cycles()
+        for i in range(300):  # other teams' stacks and instances in the same account
+            aws_env.cfn.create_stack(StackName=f"other-team-{i}", TemplateBody=FOREIGN_TEMPLATE)
+        aws_env.ec2.run_instances(ImageId=aws_env.ami_id, MinCount=300, MaxCount=300)
+        beside_others = await idle_cycles()
+        assert alone == beside_others == {"DescribeInstances": 6, "DescribeStacks": 6}
+        assert [await s.poll() for s in spawners] == [None, None]
+    finally:
+        await reflector.stop()
+
+
+async def test_a_stack_deleted_behind_the_hubs_back_is_seen(aws_env, make_spawner):
+    spawner = make_spawner()
+    await spawner._run_apply_user_options({})
+    await spawner.start()
+    aws_env.cfn.delete_stack(StackName=spawner.stack.stack_id)  # the console, not the hub
+    for _ in range(3):
+        await spawner.reflector.refresh()
+    assert spawner.reflector.is_gone(spawner.stack.stack_id)
+    assert await spawner.poll() == 0
