@@ -5,9 +5,9 @@
 - :class:`HubClient`: the hub's REST API (a base URL and a token): users with groups,
   tokens, starting a server and waiting until it is ready, stopped or gone, the
   progress stream (:class:`ProgressStream`).
-- :func:`start_jupyterhub` / :func:`stop_process`: ``python -m jupyterhub -f config`` as
-  a subprocess (configurable-http-proxy from ``.node/`` on its PATH), up when its API
-  answers.
+- :func:`write_hub_config`, :func:`start_jupyterhub` / :func:`stop_process`: a config for
+  a hub on free loopback ports, ``python -m jupyterhub -f config`` as a subprocess
+  (configurable-http-proxy from ``.node/`` on its PATH), up when its API answers.
 
 ``servicehub.py`` (the ``mliy`` service), ``e2e/demostack.py`` (the demo) and the hub of
 ``test_auth.py`` build on it. Models: jupyterhub ``tests/mocking.py`` and ``utils.py``.
@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -201,6 +202,41 @@ def log_tail(path, chars=6000):
     path = Path(path)
     text = path.read_text(errors="replace") if path.exists() else ""
     return text if chars is None else text[-chars:]
+
+
+LOOPBACK_CONFIG = """\
+c = get_config()  # noqa
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {public_port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.pid_file = {proxy_pid_file!r}
+c.JupyterHub.pid_file = {pid_file!r}
+c.JupyterHub.db_url = {db_url!r}
+c.JupyterHub.cookie_secret_file = {cookie_secret_file!r}
+"""
+
+
+def write_hub_config(folder, settings, **values):
+    """Write ``folder/jupyterhub_config.py``: a hub and its proxy on free 127.0.0.1 ports
+    with their files in ``folder``, then ``settings``, a format string that gets the ports
+    (``public_port``, ``hub_port``, ``proxy_api_port``) and ``values``.
+
+    Returns the config file and the ports.
+    """
+    folder = Path(folder)
+    ports = {name: free_port() for name in ("public_port", "hub_port", "proxy_api_port")}
+    files = {
+        "proxy_pid_file": str(folder / "proxy.pid"),
+        "pid_file": str(folder / "jupyterhub.pid"),
+        "db_url": f"sqlite:///{folder / 'jupyterhub.sqlite'}",
+        "cookie_secret_file": str(folder / "jupyterhub_cookie_secret"),
+    }
+    config_file = folder / "jupyterhub_config.py"
+    text = LOOPBACK_CONFIG + textwrap.dedent(settings)
+    config_file.write_text(text.format(**ports, **files, **values))
+    return config_file, ports
 
 
 def start_jupyterhub(config_file, client, log_path, env=None, up=None, debug=False, timeout=60):

@@ -10,12 +10,18 @@ proxy. :class:`ServiceHub` is a :class:`hubapi.HubClient` at ``hub.public_url`` 
 
 import secrets
 import subprocess
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from hubapi import HubClient, free_port, log_tail, start_jupyterhub, stop_process
+from hubapi import (
+    HubClient,
+    free_port,
+    log_tail,
+    start_jupyterhub,
+    stop_process,
+    write_hub_config,
+)
 
 SERVICE = "mliy"
 
@@ -61,19 +67,9 @@ class ServiceHub(HubClient):
         self.session.close()
 
 
-CONFIG = """\
+SETTINGS = """\
 from mliy_spawner.service import configure_service
 
-c = get_config()  # noqa
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {public_port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
-c.JupyterHub.db_url = {db_url!r}
-c.JupyterHub.cookie_secret = bytes.fromhex({cookie_secret!r})
-c.JupyterHub.pid_file = {pid_file!r}
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.JupyterHub.allow_named_servers = True
@@ -109,28 +105,18 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
         (root / sub).mkdir(parents=True, exist_ok=True)
     admin_token = secrets.token_hex(32)
     store_url = f"sqlite:///{root / 'mliy.sqlite'}"
-    ports = {
-        "public_port": free_port(),
-        "hub_port": free_port(),
-        "proxy_api_port": free_port(),
-        "service_port": free_port(),
-    }
-    config = CONFIG.format(
-        proxy_token=secrets.token_hex(16),
-        db_url=f"sqlite:///{root / 'jupyterhub.sqlite'}",
-        cookie_secret=secrets.token_hex(32),
-        pid_file=str(root / "jupyterhub.pid"),
+    config_file, ports = write_hub_config(
+        root,
+        SETTINGS,
         store_url=store_url,
         instance_dir=str(root / "instances"),
         hold_dir=str(root / "hold"),
         admin_token=admin_token,
+        service_port=free_port(),
         log_dir=str(root / "logs"),
         aws_endpoint_url=aws_endpoint_url,
         environment=environment or {},
-        **ports,
     )
-    config_file = root / "jupyterhub_config.py"
-    config_file.write_text(textwrap.dedent(config))
     hub = ServiceHub(
         root=root,
         public_url=f"http://127.0.0.1:{ports['public_port']}",

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from hubapi import HubClient, free_port, log_tail, start_jupyterhub, stop_process, wait_for
+from hubapi import HubClient, log_tail, start_jupyterhub, stop_process, wait_for, write_hub_config
 from requests.adapters import HTTPAdapter
 from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
@@ -329,18 +329,9 @@ def test_no_plugin_configured_stops_the_hub():
 
 SECRET = "proxy-" + secrets.token_hex(16)
 SERVICE_TOKEN = secrets.token_hex(32)
-HUB_CONFIG = """
+HUB_SETTINGS = """
 import logging
 
-c = get_config()  # noqa
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {proxy_port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.ConfigurableHTTPProxy.pid_file = "{tmp}/proxy.pid"
-c.JupyterHub.db_url = "sqlite:///{tmp}/hub.sqlite"
-c.JupyterHub.cookie_secret_file = "{tmp}/cookie_secret"
 c.JupyterHub.authenticator_class = "mliy_spawner.auth.MLiyAuthenticator"
 c.MLiyAuthenticator.plugin_folder = "{plugins}"
 c.MLiyAuthenticator.trusted_proxies = ["127.0.0.1/32", "::1/128"]
@@ -413,22 +404,12 @@ def hub(tmp_path_factory):
     plugins.mkdir()
     shutil.copy(asset_dir("plugins") / "ldap.py", plugins / "ldap.py")
     (plugins / "plugin_settings.py").write_text("AUTH_GROUP_PATTERN = None\n")
-    proxy_port, api_port, hub_port = free_port(), free_port(), free_port()
-    config = tmp / "jupyterhub_config.py"
-    config.write_text(
-        HUB_CONFIG.format(
-            proxy_port=proxy_port,
-            api_port=api_port,
-            hub_port=hub_port,
-            tmp=tmp,
-            plugins=plugins,
-            secret=SECRET,
-            token=SERVICE_TOKEN,
-        )
+    config, ports = write_hub_config(
+        tmp, HUB_SETTINGS, tmp=tmp, plugins=plugins, secret=SECRET, token=SERVICE_TOKEN
     )
     hub = AuthHub(
-        f"http://127.0.0.1:{proxy_port}",
-        f"http://127.0.0.1:{hub_port}",
+        f"http://127.0.0.1:{ports['public_port']}",
+        f"http://127.0.0.1:{ports['hub_port']}",
         log=tmp / "hub.log",
         auth_log=tmp / "mliy-auth.log",
     )

@@ -259,17 +259,29 @@ def test_malformed_bodies_are_400_and_create_no_stack(demo, hostile_users, body)
     assert [s["StackId"] for s in demo.stacks()] == before
 
 
+def panel(demo, method, owner, token):
+    """Start (POST) or stop (DELETE) ``owner``'s default server as the admin panel does:
+    ``/users/{name}/servers/`` with the empty server name, JSON content type and no body
+    (so the spawner uses defaults, then saved options); wait until it is ready or stopped."""
+    r = demo.api(
+        method,
+        f"/users/{owner}/servers/",
+        token=token,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code in ((201, 202) if method == "POST" else (202, 204)), r.text
+    if method == "POST":
+        demo.wait_ready(owner)
+    else:
+        demo.wait_stopped(owner)
+
+
 def test_admin_panel_starts_and_stops_another_users_server(demo, new_user):
     owner = new_user(group="students")
     admin = new_user(admin=True, prefix="boss")
     token = demo.user_token(admin)
-    # what the admin panel sends: POST/DELETE /users/{name}/servers/{server name or ""},
-    # JSON content type, no body (so the spawner uses defaults, then saved options)
-    panel = {"headers": {"Content-Type": "application/json"}, "token": token}
 
-    r = demo.api("POST", f"/users/{owner}/servers/", **panel)
-    assert r.status_code in (201, 202), r.text
-    demo.wait_ready(owner)
+    panel(demo, "POST", owner, token)
     [stack] = demo.stacks(owner, "")
     instance = demo.instance_of(stack["StackId"])
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
@@ -278,20 +290,14 @@ def test_admin_panel_starts_and_stops_another_users_server(demo, new_user):
     assert tags["mliy:launch-group"] == "students"
     assert instance["InstanceType"] == "t2.small"
 
-    r = demo.api("DELETE", f"/users/{owner}/servers/", **panel)
-    assert r.status_code in (202, 204), r.text
-    demo.wait_stopped(owner)
+    panel(demo, "DELETE", owner, token)
     wait_instance_state(demo, instance["InstanceId"], "stopped")
 
-    r = demo.api("POST", f"/users/{owner}/servers/", **panel)
-    assert r.status_code in (201, 202), r.text
-    demo.wait_ready(owner)
+    panel(demo, "POST", owner, token)
     assert instance_state(demo, instance["InstanceId"]) == "running"
     assert [s["StackId"] for s in demo.stacks(owner)] == [stack["StackId"]]
 
-    r = demo.api("DELETE", f"/users/{owner}/servers/", **panel)
-    assert r.status_code in (202, 204), r.text
-    demo.wait_stopped(owner)
+    panel(demo, "DELETE", owner, token)
     wait_instance_state(demo, instance["InstanceId"], "stopped")
 
 
