@@ -1,5 +1,8 @@
 """boto3 plumbing shared by the spawner, the reflector, plugins and the service.
 
+- :func:`shared_client` is the process's one client per (service, region, endpoint):
+  boto3 clients are thread-safe, and building one loads botocore's service models
+  (seconds of CPU), so build it once, off the event loop.
 - :func:`make_client` builds a client with botocore's "standard" retry mode and hooks
   that log every call on the ``mliy.aws`` logger: operation, duration, outcome. Never
   the parameters: they hold user data and tokens.
@@ -8,6 +11,7 @@ Blocking calls on these clients go through :func:`mliy_spawner.util.run_blocking
 """
 
 import logging
+import threading
 import time
 
 import boto3
@@ -77,3 +81,18 @@ def make_client(service, region, endpoint_url=None, max_attempts=5):
         service, region_name=region, endpoint_url=endpoint_url or None, config=config
     )
     return log_calls(client)
+
+
+_shared_clients = {}
+_shared_clients_lock = threading.Lock()
+
+
+def shared_client(service, region, endpoint_url=None):
+    """The process's client for ``service`` in ``region`` (at ``endpoint_url``), built on
+    first use. Blocking: call it through :func:`mliy_spawner.util.run_blocking`."""
+    key = (service, region, endpoint_url or None)
+    with _shared_clients_lock:
+        client = _shared_clients.get(key)
+        if client is None:
+            client = _shared_clients[key] = make_client(service, region, endpoint_url)
+        return client

@@ -17,6 +17,12 @@ BOOT_START = 40
 BOOT_END = 95
 
 
+#: Longest pause between two reads of the store while a boot is awaited. The store is
+#: local and the read is one indexed query, so a short pause costs little and the
+#: server is ready within about this long after its notebook answers.
+STORE_POLL_MAX = 0.5
+
+
 class BootFailed(Exception):
     """The instance reported a failed step; the message is the step's text."""
 
@@ -51,7 +57,7 @@ async def wait_for_boot(
     """
     started = time.monotonic()
     deadline = started + limit
-    pauses = backoff(start_delay, 5.0)
+    pauses = backoff(min(start_delay, STORE_POLL_MAX), STORE_POLL_MAX)
     after = 0
     while True:
         records = await run_blocking(store.progress, instance_id, after)

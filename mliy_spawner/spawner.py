@@ -85,17 +85,17 @@ class MLiySpawner(Spawner):
         """,
     ).tag(config=True)
 
-    ec2_client = Any(help="boto3 EC2 client; built from region and aws_endpoint_url.")
+    ec2_client = Any(
+        None,
+        allow_none=True,
+        help="boto3 EC2 client; None: the process's shared one for region and endpoint.",
+    )
 
-    @default("ec2_client")
-    def _default_ec2_client(self):
-        return aws.make_client("ec2", self.region, self.aws_endpoint_url)
-
-    cfn_client = Any(help="boto3 CloudFormation client; built from region and aws_endpoint_url.")
-
-    @default("cfn_client")
-    def _default_cfn_client(self):
-        return aws.make_client("cloudformation", self.region, self.aws_endpoint_url)
+    cfn_client = Any(
+        None,
+        allow_none=True,
+        help="boto3 CloudFormation client; None: the process's shared one for region and endpoint.",
+    )
 
     hub_name = Unicode(
         "mliy",
@@ -144,17 +144,11 @@ class MLiySpawner(Spawner):
         """,
     ).tag(config=True)
 
-    reflector = Any(help="The shared Reflector; one per region and hub by default.")
-
-    @default("reflector")
-    def _default_reflector(self):
-        key = (self.region, self.aws_endpoint_url, self.hub_name)
-        return shared_reflector(
-            key,
-            lambda: Reflector(
-                self.ec2_client, self.cfn_client, self.hub_name, interval=self.reflector_interval
-            ),
-        )
+    reflector = Any(
+        None,
+        allow_none=True,
+        help="The Reflector; None: the shared one of this region, endpoint and hub.",
+    )
 
     # ---- what users may launch -----------------------------------------------------
 
@@ -384,11 +378,11 @@ class MLiySpawner(Spawner):
     def _default_store_url(self):
         return store_url_from_env()
 
-    store = Any(help="The Store (mliy_spawner.store); one per URL, built from store_url.")
-
-    @default("store")
-    def _default_store(self):
-        return shared_store(self.store_url)
+    store = Any(
+        None,
+        allow_none=True,
+        help="The Store (mliy_spawner.store); None: the process's shared one for store_url.",
+    )
 
     wait_for_boot = Bool(
         True,
@@ -589,6 +583,28 @@ class MLiySpawner(Spawner):
             template_paths=spawner.form_template_paths,
         )
 
+    # ---- what the hooks need ----------------------------------------------------------
+
+    async def _connect(self):
+        """The AWS clients, the shared view and the store, built off the event loop once
+        per process (botocore loads its service models in seconds) and shared."""
+        if self.ec2_client is None:
+            self.ec2_client = await run_blocking(
+                aws.shared_client, "ec2", self.region, self.aws_endpoint_url
+            )
+        if self.cfn_client is None:
+            self.cfn_client = await run_blocking(
+                aws.shared_client, "cloudformation", self.region, self.aws_endpoint_url
+            )
+        if self.reflector is None:
+            key = (self.region, self.aws_endpoint_url, self.hub_name)
+            ec2, cfn = self.ec2_client, self.cfn_client
+            self.reflector = shared_reflector(
+                key, lambda: Reflector(ec2, cfn, self.hub_name, interval=self.reflector_interval)
+            )
+        if self.store is None:
+            self.store = await run_blocking(shared_store, self.store_url)
+
     # ---- state ---------------------------------------------------------------------
 
     def load_state(self, state):
@@ -694,6 +710,7 @@ class MLiySpawner(Spawner):
             yield event
 
     async def start(self):
+        await self._connect()
         choice = self._launch_choice or self.resolve_launch(self.user_options)
         self._launch_choice = None
         self._progress = LaunchProgress(self._log_name)
@@ -1086,6 +1103,7 @@ class MLiySpawner(Spawner):
         """Read from the shared view: None while the stack's instance runs (or is unknown)."""
         if not self.stack.stack_id:
             return 0
+        await self._connect()
         self.reflector.watch(self.stack.stack_id)
         if self.reflector.last_success is None:
             try:
@@ -1100,6 +1118,7 @@ class MLiySpawner(Spawner):
     async def get_url(self):
         """The server's URL from the current address (after a hub restart, a resume)."""
         if self.stack.stack_id:
+            await self._connect()
             await self._refresh()
             instance = self.reflector.instance_for_stack(self.stack.stack_id)
             if instance is not None and instance.state == "running" and instance.private_ip:
@@ -1110,6 +1129,7 @@ class MLiySpawner(Spawner):
     async def stop(self, now=False):
         if not self.stack.stack_id:
             return
+        await self._connect()
         await self._dns_on_stop()
         if self.stop_action == "terminate" or self.stack.delete_pending:
             await self._delete_stack()
@@ -1134,6 +1154,7 @@ class MLiySpawner(Spawner):
     async def delete_forever(self):
         """The server is removed (or its user deleted): delete its stack."""
         if self.stack.stack_id:
+            await self._connect()
             await self._dns_on_stop()
             await self._delete_stack()
             if self.stack.delete_pending:
@@ -1145,9 +1166,15 @@ class MLiySpawner(Spawner):
     def check_config(cls, config):
         """Build the configured spawner once, so a bad setting fails at hub start-up.
 
-        Call it at the end of jupyterhub_config.py: ``MLiySpawner.check_config(c)``.
+        Call it at the end of jupyterhub_config.py: ``MLiySpawner.check_config(c)``. It
+        also builds the AWS clients that every spawner then shares, so the first spawn
+        does not pause the hub while botocore loads its models.
         """
         spawner = cls(config=config)
         if not spawner.parsed_groups:
             raise TraitError("MLiySpawner.launch_groups: define at least one launch group")
+        # Build the shared AWS clients now, while the hub starts: botocore parses its
+        # service models for about a second, holding the GIL even off the event loop.
+        for service in ("ec2", "cloudformation"):
+            aws.shared_client(service, spawner.region, spawner.aws_endpoint_url)
         return spawner

@@ -9,7 +9,8 @@ Fixtures:
 - ``spawner_config``: the traits of a two-configuration, two-group setup over ``aws_env``.
 - ``make_spawner``: builds an ``MLiySpawner`` against a fake hub and user (the second
   layer of tests: no hub process) and a real ``orm.Spawner`` row in an in-memory hub
-  database, with a fast private reflector and a store in the test's tmp_path; call it with
+  database, with a fast private reflector (``reflector="shared"``: the spawner builds
+  its own) and a store in the test's tmp_path; call it with
   ``user=``, ``groups=``, ``server_name=`` and trait overrides. Reflectors it made are
   stopped after the test.
 
@@ -146,7 +147,9 @@ async def make_spawner(aws_env, spawner_config, tmp_path):
         settings.setdefault("ec2_client", aws_env.ec2)
         settings.setdefault("cfn_client", aws_env.cfn)
         settings.setdefault("store_url", f"sqlite:///{tmp_path}/mliy.sqlite")
-        if reflector is None:
+        if reflector == "shared":  # the spawner builds (and shares) its own
+            reflector = None
+        elif reflector is None:
             reflector = Reflector(
                 settings["ec2_client"],
                 settings["cfn_client"],

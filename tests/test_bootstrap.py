@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -50,6 +49,7 @@ STEPS = [
 FAKE_SINGLEUSER = f"""#!{sys.executable}
 # test stand-in for jupyterhub-singleuser: record what it got, serve HTTP on --ip/--port
 import http.server, json, os, sys
+from hubapi import free_port
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 with open(os.path.join(os.environ["HOME"], "singleuser-seen.json"), "w") as f:
     json.dump({{"argv": sys.argv[1:], "env": dict(os.environ)}}, f)
@@ -120,12 +120,6 @@ class ProgressService:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Boot:

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+from types import SimpleNamespace
 
 import pytest
 from tornado import web
@@ -378,3 +379,65 @@ async def test_stack_id_reaches_the_hub_database_before_start_returns(aws_env, m
     restarted = make_spawner()
     restarted.load_state({"mliy": saved})
     assert await restarted.poll() is None
+
+
+@pytest.fixture
+def slow_shared_clients(monkeypatch):
+    """The spawner builds its own clients (none injected), each AWS call 200 ms late;
+    none is built on the event loop's thread."""
+    import threading
+    import time
+
+    from mliy_spawner import aws
+
+    made = aws.make_client
+    built_on_the_loop = []
+
+    def slow_client(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            built_on_the_loop.append(args)
+        client = made(*args, **kwargs)
+        client.meta.events.register("before-send", lambda **kw: time.sleep(0.2))
+        return client
+
+    monkeypatch.setattr(aws, "make_client", slow_client)
+    monkeypatch.setattr(aws, "_shared_clients", {})
+    return SimpleNamespace(
+        traits={"ec2_client": None, "cfn_client": None, "store": None},
+        built_on_the_loop=built_on_the_loop,
+    )
+
+
+async def test_start_stop_and_resume_never_block_the_event_loop(
+    aws_env, make_spawner, spawner_config, slow_shared_clients
+):
+    from looplag import loop_lag_monitor
+    from traitlets.config import Config
+
+    from mliy_spawner.reflector import Reflector
+    from mliy_spawner.spawner import MLiySpawner
+
+    MLiySpawner.check_config(Config(MLiySpawner=spawner_config))  # the hub's start-up
+    slow_shared_clients.built_on_the_loop.clear()  # there, blocking is what start-up is for
+    # moto imports its CloudFormation and EC2 models on first use, in the pool's threads:
+    # one launch first, so the monitor measures the spawner and not the stand-in
+    first = make_spawner(user="warm-up", reflector="shared", **slow_shared_clients.traits)
+    await first._run_apply_user_options({})
+    await first.start()
+    await first.delete_forever()
+    spawner = make_spawner(reflector="shared", **slow_shared_clients.traits)
+    async with loop_lag_monitor() as lag:
+        await spawner._run_apply_user_options({})
+        await spawner.start()
+        await spawner.stop()
+        await spawner.start()  # the resume
+        assert await spawner.poll() is None
+        await spawner.delete_forever()
+    assert lag.samples  # the monitor ran through it all
+    assert isinstance(spawner.reflector, Reflector)
+    other = make_spawner(user="bob", reflector="shared", **slow_shared_clients.traits)
+    await other._connect()  # every spawner shares the clients and the view
+    assert (other.ec2_client, other.cfn_client) == (spawner.ec2_client, spawner.cfn_client)
+    assert other.reflector is spawner.reflector
+    assert slow_shared_clients.built_on_the_loop == []
+    await spawner.reflector.stop()
