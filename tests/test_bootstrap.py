@@ -18,6 +18,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hubapi import free_port
 
 from mliy_spawner.assets import asset_path
 from mliy_spawner.demo.sandbox import (
