@@ -50,7 +50,6 @@ STEPS = [
 FAKE_SINGLEUSER = f"""#!{sys.executable}
 # test stand-in for jupyterhub-singleuser: record what it got, serve HTTP on --ip/--port
 import http.server, json, os, sys
-from hubapi import free_port
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 with open(os.path.join(os.environ["HOME"], "singleuser-seen.json"), "w") as f:
     json.dump({{"argv": sys.argv[1:], "env": dict(os.environ)}}, f)
