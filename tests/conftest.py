@@ -6,6 +6,8 @@ Fixtures:
   (``mliy_spawner.demo.aws.seed_account``: VPC, subnet, AMI, key pair, security group,
   instance profile, Route 53 zone); yields an :class:`Account` with their ids and boto3
   clients made by ``mliy_spawner.aws.make_client``.
+- ``counted_clients``: ``(Counter, ec2, cfn)``: new boto3 clients on ``aws_env`` whose
+  calls are counted by operation name.
 - ``spawner_config``: the traits of a two-configuration, two-group setup over ``aws_env``.
 - ``make_spawner``: builds an ``MLiySpawner`` against a fake hub and user (the second
   layer of tests: no hub process) and a real ``orm.Spawner`` row in an in-memory hub
@@ -53,6 +55,19 @@ def aws_env():
         # the same account the demo seeds on its moto server, here in-process
         seed = seed_account(None, REGION)
         yield Account(make_client("ec2", REGION), make_client("cloudformation", REGION), seed)
+
+
+@pytest.fixture
+def counted_clients(aws_env):
+    from collections import Counter
+
+    from mliy_spawner.aws import make_client
+
+    counts = Counter()
+    ec2, cfn = make_client("ec2", REGION), make_client("cloudformation", REGION)
+    for client in (ec2, cfn):
+        client.meta.events.register("before-call", lambda model, **kw: counts.update([model.name]))
+    return counts, ec2, cfn
 
 
 @pytest.fixture

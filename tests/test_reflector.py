@@ -120,16 +120,10 @@ async def test_failed_cycles_back_off_to_the_limit_and_a_success_resets(monkeypa
 FOREIGN_TEMPLATE = '{"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}'
 
 
-async def test_idle_cycles_cost_the_same_beside_300_foreign_stacks(aws_env, make_spawner):
-    from collections import Counter
-
-    from mliy_spawner.aws import make_client
-
-    counts = Counter()
-    ec2 = make_client("ec2", "us-east-1")
-    cfn = make_client("cloudformation", "us-east-1")
-    for client in (ec2, cfn):
-        client.meta.events.register("before-call", lambda model, **kw: counts.update([model.name]))
+async def test_idle_cycles_cost_the_same_beside_300_foreign_stacks(
+    aws_env, counted_clients, make_spawner
+):
+    counts, ec2, cfn = counted_clients
     reflector = Reflector(ec2, cfn, "mliy", interval=5.0, min_interval=0.01)
 
     async def idle_cycles(n=6):
