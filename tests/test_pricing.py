@@ -258,6 +258,13 @@ def bad_pricing(value):
     return [record("m4.large"), record("t9.bad", pricing=value)]
 
 
+def bad_price(value, shown, id):
+    """A MALFORMED case: record 1's on-demand price is ``value``, shown as ``shown``."""
+    return pytest.param(
+        [record("m4.large"), record("t9.bad", price=value)], f"{PRICE_WHERE} {shown}", id=id
+    )
+
+
 MALFORMED = [
     pytest.param(b"{not json", "not JSON", id="not-json"),
     pytest.param(b"", "not JSON", id="empty-file"),
@@ -280,75 +287,21 @@ MALFORMED = [
         "record 1 (m4.large): duplicate instance_type, first at record 0",
         id="duplicate-type",
     ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="abc")], f"{PRICE_WHERE} 'abc'", id="price-word"
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="$0.10")],
-        f"{PRICE_WHERE} '$0.10'",
-        id="price-dollar",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="-0.1")],
-        f"{PRICE_WHERE} '-0.1'",
-        id="price-negative",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="1e3")],
-        f"{PRICE_WHERE} '1e3'",
-        id="price-exponent",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="NaN")], f"{PRICE_WHERE} 'NaN'", id="price-nan"
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="0,108")],
-        f"{PRICE_WHERE} '0,108'",
-        id="price-comma",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price=".5")],
-        f"{PRICE_WHERE} '.5'",
-        id="price-no-units",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="5.")],
-        f"{PRICE_WHERE} '5.'",
-        id="price-trailing-dot",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price=" 5. ")],
-        f"{PRICE_WHERE} ' 5. '",
-        id="price-trailing-dot-blanks",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="1.2.3")],
-        f"{PRICE_WHERE} '1.2.3'",
-        id="price-two-dots",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="1_0")],
-        f"{PRICE_WHERE} '1_0'",
-        id="price-underscore",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price="١٢")],
-        f"{PRICE_WHERE} '١٢'",
-        id="price-non-ascii-digits",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price=True)], f"{PRICE_WHERE} True", id="price-bool"
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price=-1)],
-        f"{PRICE_WHERE} -1",
-        id="price-negative-number",
-    ),
-    pytest.param(
-        [record("m4.large"), record("t9.bad", price={"usd": "1"})],
-        f"{PRICE_WHERE} {{'usd': '1'}}",
-        id="price-object",
-    ),
+    bad_price("abc", "'abc'", "price-word"),
+    bad_price("$0.10", "'$0.10'", "price-dollar"),
+    bad_price("-0.1", "'-0.1'", "price-negative"),
+    bad_price("1e3", "'1e3'", "price-exponent"),
+    bad_price("NaN", "'NaN'", "price-nan"),
+    bad_price("0,108", "'0,108'", "price-comma"),
+    bad_price(".5", "'.5'", "price-no-units"),
+    bad_price("5.", "'5.'", "price-trailing-dot"),
+    bad_price(" 5. ", "' 5. '", "price-trailing-dot-blanks"),
+    bad_price("1.2.3", "'1.2.3'", "price-two-dots"),
+    bad_price("1_0", "'1_0'", "price-underscore"),
+    bad_price("١٢", "'١٢'", "price-non-ascii-digits"),
+    bad_price(True, "True", "price-bool"),
+    bad_price(-1, "-1", "price-negative-number"),
+    bad_price({"usd": "1"}, "{'usd': '1'}", "price-object"),
     pytest.param(
         b'[{"instance_type": "t9.bad", "vCPU": 1, "memory": 1, "pricing": '
         b'{"us-east-1": {"linux": {"ondemand": Infinity}}}}]',
