@@ -56,6 +56,22 @@ def headers(*pairs):
     return RequestHeaders(pairs)
 
 
+def dns_plugin_with_event(tmp_path, name, create_body):
+    """The DNS plugin of a folder with one file ``name``.py, and its ``threading.Event``
+    ``EVENT``; its createDnsEntry runs ``create_body`` (indented source lines)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(
+        "import threading\n"
+        "EVENT = threading.Event()\n"
+        "def dnsDisplayName(name):\n    return None\n"
+        f"def createDnsEntry(name, ip):\n{create_body}"
+        "def deleteDnsEntry(name, ip):\n    return None\n"
+    )
+    plugin = load_dns_plugin(folder=str(folder))
+    return plugin, plugin.createDnsEntry.__globals__["EVENT"]
+
+
 # --- loading from a folder -------------------------------------------------------------
 
 
@@ -132,6 +148,7 @@ def test_dns_plugin_missing_from_an_auth_folder_is_an_error(tmp_path):
 
 def test_import_failure_carries_the_traceback(tmp_path):
     folder = fixture_folder("broken", tmp_path)
+    shutil.copy(FIXTURES / "clash" / "first.py", folder / "good.py")  # a complete plugin
     with pytest.raises(PluginError) as error:
         load_auth_plugin(folder=str(folder))
     message = str(error.value)
@@ -263,17 +280,7 @@ async def test_run_dns_success_and_failure(tmp_path, caplog):
 
 
 async def test_run_dns_time_limit(tmp_path):
-    folder = tmp_path / "slow"
-    folder.mkdir()
-    (folder / "slow.py").write_text(
-        "import threading\n"
-        "RELEASE = threading.Event()\n"
-        "def dnsDisplayName(name):\n    return None\n"
-        "def createDnsEntry(name, ip):\n    RELEASE.wait(60)\n"
-        "def deleteDnsEntry(name, ip):\n    return None\n"
-    )
-    plugin = load_dns_plugin(folder=str(folder))
-    release = plugin.createDnsEntry.__globals__["RELEASE"]
+    plugin, release = dns_plugin_with_event(tmp_path, "slow", "    EVENT.wait(60)\n")
     try:
         message = await run_dns(plugin, "create", "alice", "10.0.0.5", log, time_limit=0.2)
         # the answer came while the call still hangs in its thread
@@ -291,21 +298,14 @@ async def test_run_dns_rejects_unknown_actions():
 
 
 async def test_run_dns_does_not_block_the_loop(tmp_path):
-    folder = tmp_path / "blocking"
-    folder.mkdir()
     # the plugin waits for the event loop to run a coroutine: on the loop itself it
     # would wait in vain and fail
-    (folder / "blocking.py").write_text(
-        "import threading\n"
-        "LOOP_RAN = threading.Event()\n"
-        "def dnsDisplayName(name):\n    return None\n"
-        "def createDnsEntry(name, ip):\n"
-        "    if not LOOP_RAN.wait(10):\n"
-        "        raise RuntimeError('the event loop did not run meanwhile')\n"
-        "def deleteDnsEntry(name, ip):\n    return None\n"
+    plugin, loop_ran = dns_plugin_with_event(
+        tmp_path,
+        "blocking",
+        "    if not EVENT.wait(10):\n"
+        "        raise RuntimeError('the event loop did not run meanwhile')\n",
     )
-    plugin = load_dns_plugin(folder=str(folder))
-    loop_ran = plugin.createDnsEntry.__globals__["LOOP_RAN"]
 
     async def on_the_loop():
         await asyncio.sleep(0.05)
