@@ -120,6 +120,23 @@ def _check_keys(entry, allowed, where):
         raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
 
 
+def _entries(raw, trait, keyed_by, allowed, key_ok, key_rule):
+    """Yield ``(key, entry, where)`` for each entry of the dict trait value ``raw``.
+
+    Checks, as it goes, that ``raw`` is a dict, that each key is a string passing
+    ``key_ok`` (else the error says ``key_rule``) and that each entry is a dict of
+    ``allowed`` keys.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{trait}: expected a dict keyed by {keyed_by}")
+    for key, entry in raw.items():
+        where = f"{trait}[{key!r}]"
+        if not isinstance(key, str) or not key_ok(key):
+            raise ConfigError(f"{where}: {key_rule}")
+        _check_keys(entry, allowed, where)
+        yield key, entry, where
+
+
 def _string_list(entry, key, where, pattern=None, required=True):
     values = _take(entry, key, where, (list, tuple), required=required, default=[])
     for value in values:
@@ -160,8 +177,6 @@ def _parse_volume(raw, where):
 
 def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
     """Turn the ``software_configs`` trait value into ``{slug: SoftwareConfig}``."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{trait}: expected a dict keyed by slug")
     allowed = {
         "display_name",
         "description",
@@ -174,11 +189,8 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
         "volume",
     }
     configs = {}
-    for slug, entry in raw.items():
-        where = f"{trait}[{slug!r}]"
-        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
-            raise ConfigError(f"{where}: slug must match {_SLUG.pattern}")
-        _check_keys(entry, allowed, where)
+    slug_rule = f"slug must match {_SLUG.pattern}"
+    for slug, entry, where in _entries(raw, trait, "slug", allowed, _SLUG.fullmatch, slug_rule):
         ami = _take(entry, "ami_id", where)
         if not _AMI.fullmatch(ami):
             raise ConfigError(f"{where}.ami_id: {ami!r} is not an AMI id like ami-0123abcd")
@@ -221,8 +233,6 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
 
 def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
     """Turn the ``launch_groups`` trait value into ``{group name: LaunchGroup}``."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{trait}: expected a dict keyed by JupyterHub group name")
     allowed = {
         "key_name",
         "instance_profile",
@@ -231,11 +241,15 @@ def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
         "excluded_instance_types",
     }
     groups = {}
-    for name, entry in raw.items():
-        where = f"{trait}[{name!r}]"
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}: group names must be non-empty strings")
-        _check_keys(entry, allowed, where)
+    entries = _entries(
+        raw,
+        trait,
+        "JupyterHub group name",
+        allowed,
+        bool,
+        "group names must be non-empty strings",
+    )
+    for name, entry, where in entries:
         slugs = _string_list(entry, "software_configs", where)
         if not slugs:
             raise ConfigError(f"{where}.software_configs: must list at least one configuration")
