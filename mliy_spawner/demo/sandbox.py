@@ -395,6 +395,16 @@ _WHITESPACE = " \t\n\r"
 _NEWLINE = "\n\r"
 
 
+def _append(text, trailing_ws, c):
+    """``text + c``, and where its trailing whitespace starts (None: there is none).
+
+    ``trailing_ws`` is where the trailing whitespace of ``text`` starts (None: none).
+    """
+    if c not in _WHITESPACE:
+        return text + c, None
+    return text + c, len(text) if trailing_ws is None else trailing_ws
+
+
 def _parse_environment(text):
     env = {}
     state, key, value = "pre_key", "", ""
@@ -415,11 +425,7 @@ def _parse_environment(text):
             elif c == "=":
                 state, value, value_ws = "pre_value", "", None
             else:
-                if c not in _WHITESPACE:
-                    key_ws = None
-                elif key_ws is None:
-                    key_ws = len(key)
-                key += c
+                key, key_ws = _append(key, key_ws, c)
         elif state == "pre_value":
             if c in _NEWLINE:
                 push()
@@ -439,11 +445,7 @@ def _parse_environment(text):
             elif c == "\\":
                 state, value_ws = "value_escape", None
             else:
-                if c not in _WHITESPACE:
-                    value_ws = None
-                elif value_ws is None:
-                    value_ws = len(value)
-                value += c
+                value, value_ws = _append(value, value_ws, c)
         elif state == "value_escape":
             state = "value"
             if c not in _NEWLINE:
