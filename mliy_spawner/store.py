@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,27 +118,17 @@ def _aware(value):
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def _record(cls, row, **converted):
+    """A ``cls`` of ``row``: each field the column of its name, or as given in ``converted``."""
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)} | converted)
+
+
 def _instance(row):
-    return InstanceRecord(
-        instance_id=row.instance_id,
-        user=row.user,
-        server_name=row.server_name,
-        stack_id=row.stack_id,
-        region=row.region,
-        created=_aware(row.created),
-        updated=_aware(row.updated),
-    )
+    return _record(InstanceRecord, row, created=_aware(row.created), updated=_aware(row.updated))
 
 
 def _progress(row):
-    return ProgressRecord(
-        id=row.id,
-        instance_id=row.instance_id,
-        step=row.step,
-        percent=row.percent,
-        failed=bool(row.failed),
-        created=_aware(row.created),
-    )
+    return _record(ProgressRecord, row, failed=bool(row.failed), created=_aware(row.created))
 
 
 def default_store_url(hub_db_url=None):
