@@ -72,8 +72,17 @@ class PluginError(Exception):
     """A plugin could not be loaded: what went wrong, with the files involved."""
 
 
+class _Sourced:
+    """What the plugin classes share; each has ``sources`` (function -> origin)."""
+
+    @property
+    def source(self):
+        """Every origin of this plugin's functions (files or entry points), joined."""
+        return ", ".join(dict.fromkeys(self.sources.values()))
+
+
 @dataclass(frozen=True)
-class AuthPlugin:
+class AuthPlugin(_Sourced):
     """The five auth functions and where each came from (``sources``: function -> origin)."""
 
     getAuthHeader: Callable
@@ -83,25 +92,15 @@ class AuthPlugin:
     cleanAuthUsername: Callable
     sources: Mapping = field(default_factory=dict, compare=False)
 
-    @property
-    def source(self):
-        """Every origin of this plugin's functions (files or entry points), joined."""
-        return ", ".join(dict.fromkeys(self.sources.values()))
-
 
 @dataclass(frozen=True)
-class DnsPlugin:
+class DnsPlugin(_Sourced):
     """The three DNS functions and where each came from (``sources``: function -> origin)."""
 
     dnsDisplayName: Callable
     createDnsEntry: Callable
     deleteDnsEntry: Callable
     sources: Mapping = field(default_factory=dict, compare=False)
-
-    @property
-    def source(self):
-        """Every origin of this plugin's functions (files or entry points), joined."""
-        return ", ".join(dict.fromkeys(self.sources.values()))
 
 
 def _noop_display_name(instance_name):
