@@ -99,20 +99,23 @@ class InstanceActions:
             raise ActionError(
                 409, f"server {server_label(record.user, record.server_name)} is already running"
             )
-        status = await self.hub.start_server(record.user, record.server_name)
-        log.info(
-            "started %s (hub answered %s)", server_label(record.user, record.server_name), status
-        )
-        return ActionResult("starting", 202) if status == 202 else ActionResult("running", 200)
+        return await self._ask_hub(self.hub.start_server, record, "started", "starting", "running")
 
     async def _stop(self, record, model):
         if not (model and model.get("ready")):
             return ActionResult("stopped", 200)
-        status = await self.hub.stop_server(record.user, record.server_name)
-        log.info(
-            "stopped %s (hub answered %s)", server_label(record.user, record.server_name), status
-        )
-        return ActionResult("stopping", 202) if status == 202 else ActionResult("stopped", 200)
+        return await self._ask_hub(self.hub.stop_server, record, "stopped", "stopping", "stopped")
+
+    async def _ask_hub(self, call, record, done, working, finished):
+        """Have the hub ``call`` (start_server, stop_server) on the server of ``record``.
+
+        Logs the call as ``done`` ("started", "stopped"); the result's status is
+        ``working`` while the hub is still on it (it answered 202), else ``finished``.
+        """
+        status = await call(record.user, record.server_name)
+        label = server_label(record.user, record.server_name)
+        log.info("%s %s (hub answered %s)", done, label, status)
+        return ActionResult(working, 202) if status == 202 else ActionResult(finished, 200)
 
     async def _stop_and_wait(self, record, model):
         if not (model and model.get("ready")):
