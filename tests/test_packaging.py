@@ -10,26 +10,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
+def pip(*args):
+    """Run ``pip *args`` quietly with this interpreter; a failure raises."""
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(ROOT),
-        ],
+        [sys.executable, "-m", "pip", *args, "-q"],
         check=True,
         capture_output=True,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT))
     (path,) = out.glob("mliy_spawner-*.whl")
     return path
 
@@ -53,22 +47,7 @@ def test_wheel_holds_admin_files_and_templates(wheel):
 
 def test_installed_wheel_resolves_defaults_inside_the_package(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "-q",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    pip("install", "--no-deps", "--target", str(target), str(wheel))
     probe = (
         "import mliy_spawner, mliy_spawner.configs as c, mliy_spawner.pricing as p;"
         "from mliy_spawner.spawner import MLiySpawner;"
