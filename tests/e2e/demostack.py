@@ -20,45 +20,23 @@ from pathlib import Path
 from hubapi import REPO, HubClient, free_port, tool_path, wait_for
 
 from mliy_spawner.aws import make_client
+from mliy_spawner.demo.__main__ import _descendants, _proc_stat, _same
 from mliy_spawner.demo.runner import processes_under
 
 REGION = "us-east-1"
 
 
-def _proc_stat(pid):
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), int(fields[19]), fields[0]
-
-
 def process_tree(pid):
     """{pid: start time} of ``pid`` and every process below it."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _proc_stat(int(entry))
-            if stat is not None:
-                children.setdefault(stat[0], []).append(int(entry))
-    found, queue = {}, [pid]
-    while queue:
-        current = queue.pop()
-        stat = _proc_stat(current)
-        if stat is not None:
-            found[current] = stat[1]
-        queue.extend(children.get(current, ()))
+    stat = _proc_stat(pid)
+    found = {} if stat is None else {pid: stat[1]}
+    found.update(_descendants(pid))
     return found
 
 
 def still_running(snapshot):
     """The pids of ``snapshot`` ({pid: start time}) that still run (same process, not a zombie)."""
-    alive = []
-    for pid, started in snapshot.items():
-        stat = _proc_stat(pid)
-        if stat is not None and stat[1] == started and stat[2] != "Z":
-            alive.append(pid)
-    return alive
+    return [pid for pid, started in snapshot.items() if _same(pid, started)]
 
 
 @dataclass
