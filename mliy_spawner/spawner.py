@@ -19,6 +19,7 @@ Lifecycle:
 """
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -43,7 +44,19 @@ from traitlets import (
     validate,
 )
 
-from . import aws, boot, configs, form, logs, placement, plugins, pricing, stacks, userdata
+from . import (
+    aws,
+    boot,
+    configs,
+    form,
+    logs,
+    placement,
+    plugins,
+    pricing,
+    reconcile,
+    stacks,
+    userdata,
+)
 from .progress import LaunchProgress
 from .reflector import Reflector, shared_reflector
 from .store import shared_store, store_url_from_env
@@ -583,6 +596,101 @@ class MLiySpawner(Spawner):
             template_paths=spawner.form_template_paths,
         )
 
+    # ---- strays: orphaned stacks, lost stacks, failed deletes, dormant servers ------
+
+    reconcile_interval = Float(
+        600.0,
+        help="""Seconds between two checks for strays (stacks and states that do not match).
+
+        One reconciler per region and hub compares this hub's stacks and instances with the
+        servers' saved states (see `orphan_grace`, `delete_retries`, `dormant_after`). Each
+        check lists the region's stacks (one call per 100) and this hub's stopped instances.
+        It starts with the first spawner the hub polls or starts. 0 turns it off.
+        Default: 600.0.
+
+        Example::
+
+            c.MLiySpawner.reconcile_interval = 300
+        """,
+    ).tag(config=True)
+
+    orphan_grace = Float(
+        None,
+        allow_none=True,
+        help="""Seconds an orphaned stack of this hub is kept before it is deleted.
+
+        Such orphans come from a hub that crashed between creating a stack and saving its
+        state, a restored database, or manual work. They are always logged and listed; the
+        time counts only while no server claims the stack and its user's server is not
+        starting (a hub restart starts it again), and stacks still being created are never
+        deleted. None (the default) reports them only.
+
+        Example::
+
+            c.MLiySpawner.orphan_grace = 3600  # an hour
+        """,
+    ).tag(config=True)
+
+    delete_retries = Int(
+        5,
+        help="""How many times a stack in DELETE_FAILED or ROLLBACK_COMPLETE is deleted again.
+
+        Pauses between tries start at 60 s and double up to an hour. After the last try the
+        stack is logged as an error and listed for an admin, and left alone. Only stacks with
+        this hub's `mliy:hub` tag, and never while their server is starting. Default: 5.
+
+        Example::
+
+            c.MLiySpawner.delete_retries = 10
+        """,
+    ).tag(config=True)
+
+    dormant_after = Float(
+        None,
+        allow_none=True,
+        help="""Days an instance may stay stopped before its server counts as dormant.
+
+        The stop time is EC2's (the instance's StateTransitionReason). Dormant servers are
+        logged and listed; see `dormant_action`. None (the default) turns this off.
+
+        Example::
+
+            c.MLiySpawner.dormant_after = 60
+        """,
+    ).tag(config=True)
+
+    dormant_action = Enum(
+        ["report", "remove"],
+        "report",
+        help="""What happens to dormant servers (see `dormant_after`): "report" or "remove".
+
+        "remove" first leaves the user a notice that the server will be removed, then after
+        `dormant_notice` days deletes its stack (instance and disk) and clears its state; the
+        next start launches a new machine and shows why. Starting the server in the meantime
+        cancels the removal. Default: "report".
+
+        Example::
+
+            c.MLiySpawner.dormant_action = "remove"
+        """,
+    ).tag(config=True)
+
+    dormant_notice = Float(
+        7.0,
+        help="""Days between the notice to a dormant server's user and its removal.
+
+        Only with `dormant_action = "remove"`. Default: 7.0.
+
+        Example::
+
+            c.MLiySpawner.dormant_notice = 14
+        """,
+    ).tag(config=True)
+
+    reconciler = Any(
+        None, allow_none=True, help="The shared Reconciler of this region and hub, once started."
+    )
+
     # ---- what the hooks need ----------------------------------------------------------
 
     async def _connect(self):
@@ -604,6 +712,27 @@ class MLiySpawner(Spawner):
             )
         if self.store is None:
             self.store = await run_blocking(shared_store, self.store_url)
+
+    def _ensure_reconciler(self):
+        """Start the shared reconciler for this region and hub (in a real hub only)."""
+        if self.reconciler is not None or self.reconcile_interval <= 0:
+            return
+        users = (getattr(self.user, "settings", None) or {}).get("users")
+        db = object_session(self.orm_spawner) if self.orm_spawner is not None else None
+        if users is None or db is None:
+            return  # not running inside JupyterHub
+        key = (self.region, self.aws_endpoint_url, self.hub_name)
+        self.reconciler = reconcile.shared_reconciler(
+            key,
+            lambda: reconcile.Reconciler(
+                self.reflector,
+                lambda: reconcile.hub_server_states(db, users),
+                functools.partial(reconcile.hub_clear_state, db, users),
+                functools.partial(reconcile.hub_notify, db, users),
+                settings=reconcile.settings_from_traits(self),
+                interval=self.reconcile_interval,
+            ),
+        )
 
     # ---- state ---------------------------------------------------------------------
 
@@ -711,9 +840,13 @@ class MLiySpawner(Spawner):
 
     async def start(self):
         await self._connect()
+        self._ensure_reconciler()
         choice = self._launch_choice or self.resolve_launch(self.user_options)
         self._launch_choice = None
         self._progress = LaunchProgress(self._log_name)
+        notice = reconcile.notice_message(self.orm_spawner.state if self.orm_spawner else None)
+        if notice:  # why the reconciler cleared this server (shown at one start)
+            self._progress.emit(notice)
         self._following_events = False
         self.ip, self.port = "0.0.0.0", self.notebook_port
         if self.stack.delete_pending:
@@ -1104,6 +1237,7 @@ class MLiySpawner(Spawner):
         if not self.stack.stack_id:
             return 0
         await self._connect()
+        self._ensure_reconciler()
         self.reflector.watch(self.stack.stack_id)
         if self.reflector.last_success is None:
             try:
