@@ -158,15 +158,22 @@ def _clean(text, limit):
     return text[:limit].strip("-")
 
 
+#: Hex digits of the names' SHA-256 at the end of every stack name.
+STACK_NAME_DIGEST = 16
+
+
 def stack_name(prefix, hub_name, user_name, server_name):
     """A valid, unique, deterministic stack name for one server.
 
     Stack names allow ``[A-Za-z][-A-Za-z0-9]*`` up to 128 characters. User and server
     names are cleaned to that alphabet (so ``a.b`` and ``a-b`` look alike), and a hash
     of the exact names keeps them apart. The name is deterministic so that a hub that
-    crashed between ``CreateStack`` and saving its state finds the stack again.
+    crashed between ``CreateStack`` and saving its state finds the stack again. The hash
+    has :data:`STACK_NAME_DIGEST` hex digits (64 bits): to make another server's name
+    land on an existing stack, one would need about 2**64 tries, not 2**40.
     """
-    digest = hashlib.sha256(f"{hub_name}\0{user_name}\0{server_name}".encode()).hexdigest()[:10]
+    names = f"{hub_name}\0{user_name}\0{server_name}".encode()
+    digest = hashlib.sha256(names).hexdigest()[:STACK_NAME_DIGEST]
     head = _clean(prefix, 20) or "mliy"
     if not head[0].isalpha():
         head = "m" + head

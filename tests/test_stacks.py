@@ -1,6 +1,8 @@
 """stacks.py's pure parts: the user-data split over the template's parameters, the
 server's stack identifiers in the hub's state, and the launch checks on the shared view."""
 
+import hashlib
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ from mliy_spawner.stacks import (
     ServerStack,
     check_alive,
     ready_instance,
+    stack_name,
     user_data_parameters,
 )
 from mliy_spawner.userdata import MAX_USER_DATA, assemble, check_size
@@ -133,3 +136,28 @@ def test_a_stack_gone_from_a_fresh_view_failed():
 def test_check_alive_passes_a_booting_server():
     check_alive(*view())
     check_alive(None, None)  # not seen yet
+
+
+@pytest.mark.parametrize(
+    "prefix, user, server",
+    [
+        pytest.param("mliy", "alice", "", id="plain"),
+        pytest.param("mliy", "a.b@example.com", "my server", id="email-space"),
+        pytest.param("x" * 50, "u" * 300, "s" * 300, id="long"),
+        pytest.param("9-", "élodie", "—", id="digit-prefix-unicode"),
+        pytest.param("", "", "", id="empty"),
+    ],
+)
+def test_stack_name_ends_with_a_16_digit_digest_and_stays_valid(prefix, user, server):
+    name = stack_name(prefix, "hub", user, server)
+    digest = hashlib.sha256(f"hub\0{user}\0{server}".encode()).hexdigest()[:16]
+    assert name.endswith(f"-{digest}")
+    assert re.fullmatch(r"[A-Za-z][-A-Za-z0-9]*", name)
+    assert len(name) <= 128
+
+
+def test_stack_names_of_look_alike_servers_differ_in_their_digest():
+    # a.b and a-b clean to the same text: only the digest keeps their stacks apart
+    first, second = stack_name("mliy", "hub", "a.b", ""), stack_name("mliy", "hub", "a-b", "")
+    assert first.rsplit("-", 1)[0] == second.rsplit("-", 1)[0]
+    assert first != second
