@@ -2,7 +2,10 @@
 
 MLiy kept these as Django models (``SoftwareConfig``, ``GroupConfig``); here they come
 from ``c.MLiySpawner.software_configs`` and ``c.MLiySpawner.launch_groups`` and are
-checked when the configuration loads, with errors that name the bad key.
+checked when the configuration loads, with errors that name the bad key. That includes
+``{{{token}}}`` values (a configuration's ``params``, :func:`check_replacement_tokens`):
+none may have a line that would end a here-document of the shipped boot script or of the
+configuration's own, where it would run as commands.
 
 :func:`resolve_options` is the one validation path for a spawn's ``user_options``,
 whether they came from the options form, a REST body or the admin panel's empty body.
@@ -10,7 +13,9 @@ whether they came from the options form, a REST body or the admin panel's empty 
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from . import userdata
 from .assets import asset_path
 from .util import shorten
 
@@ -157,6 +162,36 @@ def _file(entry, key, where, folder, default_name):
     return path
 
 
+def _delimiters(*scripts):
+    """The here-document delimiters of the shipped boot script and of ``scripts`` (paths)."""
+    found = set()
+    for path in (asset_path("userdata", "mliy-bootstrap.sh"), *scripts):
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise ConfigError(f"cannot read the boot script {str(path)!r}: {e.strerror}") from None
+        found |= userdata.heredoc_delimiters(text)
+    return frozenset(found)
+
+
+def _check_token_values(values, where, delimiters):
+    for token, value in values.items():
+        problem = None if value is None else userdata.heredoc_problem(value, delimiters)
+        if problem:
+            raise ConfigError(f"{where}[{token!r}]: {problem}")
+
+
+def check_replacement_tokens(raw, configs, trait="MLiySpawner.replacement_tokens"):
+    """Check the ``replacement_tokens`` trait value against every boot script it may go
+    into: the shipped one and those of ``configs`` (``{slug: SoftwareConfig}``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{trait}: expected a dict of token -> value")
+    for token in raw:
+        if not isinstance(token, str):
+            raise ConfigError(f"{trait}[{token!r}]: token names must be strings")
+    _check_token_values(raw, trait, _delimiters(*{c.user_data for c in configs.values()}))
+
+
 def _parse_volume(raw, where):
     allowed = {"device", "default_size", "max_size", "min_size", "kms_key_id"}
     _check_keys(raw, allowed, where)
@@ -215,6 +250,8 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
                     f"{where}.params[{token!r}]: {value!r} is not allowed; values must be "
                     "strings or numbers"
                 )
+        user_data = _file(entry, "user_data", where, "userdata", "mliy-bootstrap.sh")
+        _check_token_values(params, f"{where}.params", _delimiters(user_data))
         volume = entry.get("volume")
         configs[slug] = SoftwareConfig(
             slug=slug,
@@ -222,7 +259,7 @@ def parse_software_configs(raw, trait="MLiySpawner.software_configs"):
             description=_take(entry, "description", where, required=False, default=""),
             ami_id=ami,
             template=_file(entry, "template", where, "cloudformation", "notebook-instance.yaml"),
-            user_data=_file(entry, "user_data", where, "userdata", "mliy-bootstrap.sh"),
+            user_data=user_data,
             params={k: str(v) for k, v in params.items()},
             instance_types=types,
             default_instance_type=default_type,

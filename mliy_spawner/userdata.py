@@ -4,7 +4,9 @@ Pure functions, no I/O, no logging (the result holds the server's API token):
 
 - :func:`render_tokens` fills MLiy's ``{{{token}}}`` placeholders from the software
   configuration's params, then the admin's replacement tokens. A placeholder left
-  without a value is an error (MLiy left it in the script silently).
+  without a value is an error (MLiy left it in the script silently), and so is a value
+  that would end one of the script's here-documents (:func:`heredoc_delimiters`) and so
+  turn the rest of the value into commands.
 - :func:`env_preamble` turns values from users and the hub (user name, server name,
   ``get_env()`` with the API token) into ``export NAME=...`` lines quoted with
   :func:`shlex.quote`. Those values never go into the script text itself.
@@ -62,6 +64,59 @@ class UserDataError(ValueError):
     """The user data cannot be built: missing tokens, bad variable names, too large."""
 
 
+# A here-document operator (<< or <<-, not the here-string <<<) and its delimiter word:
+# quoted parts, backslash escapes and plain characters up to a blank or metacharacter.
+_HEREDOC = re.compile(
+    r"""(?<![<\\])<<(?!<)-?[ \t]*((?:'[^'\n]*'|"[^"\n]*"|\\.|[^\s;&|<>()'"\\])+)"""
+)
+_WORD_PART = re.compile(r"""'([^']*)'|"([^"]*)"|\\(.)|(.)""", re.DOTALL)
+
+
+def heredoc_delimiters(script):
+    """The delimiters of every here-document in ``script``, as the shell compares them
+    (quotes and backslashes removed): ``cat <<'MLIY_PARAM'`` gives ``MLIY_PARAM``.
+
+    It reads the text, not the shell's grammar: a ``<<`` in a comment or an arithmetic
+    shift counts too. For the check that uses it, one delimiter too many only refuses
+    more values.
+    """
+    return frozenset(
+        "".join("".join(p for p in part.groups() if p) for part in _WORD_PART.finditer(word))
+        for word in _HEREDOC.findall(script)
+    )
+
+
+def _ends_heredoc(line, delimiter):
+    # Bash ends a here-document at a line equal to its delimiter (tabs first removed for
+    # <<-) and, inside $( ), at one that starts with the delimiter then ")" ("EOF)",
+    # "EOF )", ...). Refuse more than that: any line starting with the delimiter, after
+    # blanks. The empty delimiter (<<'') ends at an empty line.
+    text = line.lstrip(" \t")
+    if not delimiter:
+        return text.rstrip(" \t\r") == "" or text.startswith(")")
+    return text.startswith(delimiter)
+
+
+def heredoc_problem(value, delimiters):
+    """Why ``value`` may not go into a script with these here-document ``delimiters``, or
+    None when it may: a line of it would end a here-document and so run the lines after
+    it as commands. The text names the delimiter, never the value."""
+    for line in str(value).split("\n"):
+        for delimiter in sorted(delimiters):
+            if _ends_heredoc(line, delimiter):
+                others = ", ".join(repr(d) for d in sorted(delimiters))
+                return (
+                    f"a line of the value starts with {delimiter!r}, which would end the boot"
+                    " script's here-document early and run the rest of the value as commands;"
+                    f" no line may start with a here-document delimiter of the script ({others})"
+                )
+    return None
+
+
+def _placeholder(name):
+    return "{{{" + name + "}}}"
+
+
 def render_tokens(script, params, replacement_tokens):
     """Replace every ``{{{token}}}`` in ``script``.
 
@@ -70,7 +125,10 @@ def render_tokens(script, params, replacement_tokens):
     inserted once, as text: a value that itself looks like ``{{{other}}}`` is not
     expanded again. A value of None counts as missing.
 
-    Raises :class:`UserDataError` listing every token without a value (sorted).
+    Raises :class:`UserDataError` listing every token without a value (sorted), and
+    naming a token whose value has a line that would end one of the script's
+    here-documents (:func:`heredoc_problem`), alone or joined with the text around its
+    placeholder.
     """
     params = params or {}
     replacement_tokens = replacement_tokens or {}
@@ -90,7 +148,21 @@ def render_tokens(script, params, replacement_tokens):
             + "; give them in the software configuration's params or in replacement_tokens"
             + (f" (values are given for: {', '.join(known)})" if known else "")
         )
-    return _TOKEN.sub(lambda m: value_of(m.group(1)), script)
+    delimiters = heredoc_delimiters(script)
+    for name in sorted({m.group(1) for m in _TOKEN.finditer(script)}):
+        problem = heredoc_problem(value_of(name), delimiters)
+        if problem:
+            raise UserDataError(f"{_placeholder(name)}: {problem}")
+    lines = []
+    for line in script.split("\n"):
+        rendered = _TOKEN.sub(lambda m: value_of(m.group(1)), line)
+        # each value passed alone; joined with each other or the line's text, they may not
+        problem = rendered != line and heredoc_problem(rendered, delimiters)
+        if problem:
+            names = sorted({_placeholder(m.group(1)) for m in _TOKEN.finditer(line)})
+            raise UserDataError(f"{', '.join(names)} with the text around them: {problem}")
+        lines.append(rendered)
+    return "\n".join(lines)
 
 
 def _check_env_name(name):

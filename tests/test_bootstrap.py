@@ -28,7 +28,7 @@ from mliy_spawner.demo.sandbox import (
     stop_notebook,
     stub_calls,
 )
-from mliy_spawner.userdata import build_user_data
+from mliy_spawner.userdata import UserDataError, assemble, build_user_data
 
 SCRIPT = asset_path("userdata", "mliy-bootstrap.sh")
 PARAMS = {"python_packages": "jupyterhub>=5,<7\njupyterlab", "home_mode": "750"}
@@ -471,6 +471,33 @@ def test_bad_params_fail_without_running_anything(boot, service, params, message
         "failed": True,
     }
     assert stub_calls(b.root) == []
+    assert not list(b.base.rglob("pwned"))
+
+
+HEREDOC_ATTACKS = [
+    pytest.param(
+        "python_packages",
+        "jupyterhub\nMLIY_PARAM\n)\ntouch pwned\n: $(cat <<'MLIY_PARAM'",
+        id="delimiter-line",
+    ),
+    pytest.param("python_packages", "MLIY_PARAM) ; touch pwned", id="comsub-close"),
+    pytest.param("home_mode", "700\nMLIY_PARAM\n)\ntouch pwned\n: $(: <<'MLIY_PARAM'", id="mode"),
+]
+
+
+@pytest.mark.parametrize("token, value", HEREDOC_ATTACKS)
+def test_a_param_that_ends_the_here_document_is_refused(boot, token, value):
+    b = boot()
+    script = SCRIPT.read_text()
+    # pasted in as MLiy did, the value runs a command as root on the instance
+    pasted = assemble(script.replace("{{{" + token + "}}}", value), b.hub_env)
+    b.user_data.write_text(build_user_data(pasted, PARAMS, {}, b.hub_env))
+    b.run()
+    assert list(b.cwd.glob("pwned"))
+    (b.cwd / "pwned").unlink()
+    # the spawner refuses to render it, naming the token; nothing runs
+    with pytest.raises(UserDataError, match=r"^\{\{\{" + token + r"\}\}\}: .*'MLIY_PARAM'"):
+        build_user_data(script, {**PARAMS, token: value}, {}, b.hub_env)
     assert not list(b.base.rglob("pwned"))
 
 

@@ -6,6 +6,7 @@ from mliy_spawner.configs import (
     ConfigError,
     LaunchChoice,
     OptionsError,
+    check_replacement_tokens,
     groups_for_user,
     parse_launch_groups,
     parse_software_configs,
@@ -378,3 +379,73 @@ def test_resume_keeps_launch_values_and_allows_another_type():
     assert resolve_options({}, groups, configs, kept=kept).as_user_options() == kept
     choice = resolve_options({"instance_type": "t2.small"}, groups, configs, kept=kept)
     assert (choice.instance_type, choice.volume_size) == ("t2.small", 20)
+
+
+# --- token values that would end a here-document of the boot script ------------------
+
+
+@pytest.mark.parametrize(
+    "value, delimiter",
+    [
+        pytest.param("x\nMLIY_PARAM\ntouch /tmp/pwned", "MLIY_PARAM", id="shipped-param"),
+        pytest.param("MLIY_PARAM) ; touch /tmp/pwned", "MLIY_PARAM", id="comsub-close"),
+        pytest.param("x\nEOF\n", "EOF", id="shipped-unit-file"),
+        pytest.param("x\n  CUSTOM_END\n", "CUSTOM_END", id="own-script"),
+    ],
+)
+def test_params_that_end_a_heredoc_are_refused_naming_the_key(files, value, delimiter):
+    # the configuration's own script has <<CUSTOM_END; the shipped one's count as well
+    raw = good_configs(files)
+    with open(files[1], "a") as f:
+        f.write("cat <<'CUSTOM_END'\n{{{ProxyUrl}}}\nCUSTOM_END\n")
+    raw["cpu"]["params"]["ProxyUrl"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_software_configs(raw)
+    message = str(info.value)
+    assert message.startswith("MLiySpawner.software_configs['cpu'].params['ProxyUrl']: ")
+    assert repr(delimiter) in message and "pwned" not in message
+
+
+def test_params_that_end_no_heredoc_parse(files):
+    raw = good_configs(files)
+    raw["cpu"]["params"]["ProxyUrl"] = "jupyterhub>=5,<7\nsay MLIY_PARAM and EOF"
+    assert parse_software_configs(raw)["cpu"].params["ProxyUrl"].endswith("and EOF")
+
+
+def test_the_spawner_refuses_such_params_at_start(files):
+    from traitlets import TraitError
+    from traitlets.config import Config
+
+    from mliy_spawner.spawner import MLiySpawner
+
+    c = Config()
+    c.MLiySpawner.software_configs = good_configs(files)
+    c.MLiySpawner.software_configs["gpu"]["params"] = {"home_mode": "700\nMLIY_PARAM"}
+    with pytest.raises(TraitError, match=r"\['gpu'\]\.params\['home_mode'\]: .*'MLIY_PARAM'"):
+        MLiySpawner(config=c)
+
+
+@pytest.mark.parametrize(
+    "tokens, key",
+    [
+        pytest.param({"a": "ok", "b": "x\nMLIY_PARAM\nrm -rf /"}, "b", id="shipped"),
+        pytest.param({"a": "\tEOF"}, "a", id="tab-indented"),
+        pytest.param({"a": "CUSTOM_END"}, "a", id="a-configured-script"),
+    ],
+)
+def test_replacement_tokens_that_end_a_heredoc_are_refused_naming_the_key(files, tokens, key):
+    with open(files[1], "a") as f:
+        f.write("cat <<CUSTOM_END\n{{{a}}}\nCUSTOM_END\n")
+    configs = parse_software_configs(good_configs(files))
+    with pytest.raises(ConfigError) as info:
+        check_replacement_tokens(tokens, configs)
+    assert str(info.value).startswith(f"MLiySpawner.replacement_tokens[{key!r}]: ")
+    assert "rm -rf" not in str(info.value)
+
+
+def test_replacement_tokens_that_end_no_heredoc_pass(files):
+    configs = parse_software_configs(good_configs(files))
+    check_replacement_tokens({"a": "x\nthe MLIY_PARAM and EOF mid-line", "b": None}, {})
+    check_replacement_tokens({"pip_index_url": "https://pypi.example.com/simple"}, configs)
+    with pytest.raises(ConfigError, match="MLiySpawner.replacement_tokens: expected a dict"):
+        check_replacement_tokens(["a"], configs)

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from mliy_spawner.assets import asset_path
 from mliy_spawner.userdata import (
     MAX_USER_DATA,
     UserDataError,
@@ -12,6 +13,7 @@ from mliy_spawner.userdata import (
     build_user_data,
     check_size,
     env_preamble,
+    heredoc_delimiters,
     render_tokens,
 )
 
@@ -264,3 +266,99 @@ def test_instance_environment_adds_bootstrap_values():
         "MLIY_VOLUME_DEVICE": "/dev/sdf",
         "MLIY_VOLUME_MOUNT": "/home",
     }
+
+
+# --- here-documents: a token value may not end one -------------------------------------
+
+SHIPPED = asset_path("userdata", "mliy-bootstrap.sh").read_text()
+HEREDOC_SCRIPT = (
+    "#!/bin/bash\nX=$(cat <<'MLIY_PARAM'\n{{{a}}}\nMLIY_PARAM\n)\n"
+    'cat >unit <<EOF\n{{{b}}}\nEOF\necho "$X"\n'
+)
+
+
+def test_the_shipped_script_s_delimiters_are_found():
+    assert {"MLIY_PARAM", "EOF"} <= heredoc_delimiters(SHIPPED)
+
+
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        pytest.param("cat <<'END'\n", {"END"}, id="single-quoted"),
+        pytest.param('cat <<"END"\n', {"END"}, id="double-quoted"),
+        pytest.param("cat <<END\n", {"END"}, id="plain"),
+        pytest.param("cat << END\n", {"END"}, id="blank"),
+        pytest.param("cat <<-\tEND\n", {"END"}, id="dash"),
+        pytest.param("cat <<\\END\n", {"END"}, id="backslash"),
+        pytest.param("cat <<E'N'\"D\"\n", {"END"}, id="mixed-quotes"),
+        pytest.param("cat <<'a b'\n", {"a b"}, id="quoted-blank"),
+        pytest.param("x=$(cat <<END)\n", {"END"}, id="in-comsub"),
+        pytest.param("cat <<A; cat <<B >f\n", {"A", "B"}, id="two-on-a-line"),
+        pytest.param('read -r x <<<"$y"\n', set(), id="here-string"),
+        pytest.param("echo '<'<x\n", set(), id="redirection"),
+    ],
+)
+def test_heredoc_delimiters(script, expected):
+    assert heredoc_delimiters(script) == expected
+
+
+# (token, value, the delimiter it ends): {{{a}}} is in <<'MLIY_PARAM', {{{b}}} in <<EOF
+ATTACKS = [
+    pytest.param(
+        "a", "x\nMLIY_PARAM\n)\ntouch pwned\n: $(cat <<'MLIY_PARAM'", "MLIY_PARAM", id="line"
+    ),
+    pytest.param("a", "MLIY_PARAM) ; touch pwned", "MLIY_PARAM", id="comsub-close"),
+    pytest.param("b", "x\nEOF\ntouch pwned\ncat >/dev/null <<EOF", "EOF", id="other-heredoc"),
+]
+ENDING_VALUES = [
+    *ATTACKS,
+    pytest.param("a", "MLIY_PARAM", "MLIY_PARAM", id="whole-value"),
+    pytest.param("a", "x\n\tMLIY_PARAM\n", "MLIY_PARAM", id="tab-indented"),
+    pytest.param("b", "x\r\nEOF\r\n", "EOF", id="crlf"),
+]
+
+
+@pytest.mark.parametrize("token, value, delimiter", ATTACKS)
+def test_the_refused_values_would_run_a_command(token, value, delimiter, tmp_path):
+    # what the check stops: pasted in as MLiy did, the value runs `touch pwned`
+    pasted = HEREDOC_SCRIPT.replace("{{{a}}}", "ok").replace("{{{b}}}", "ok")
+    at = pasted.index("ok" if token == "a" else "ok\nEOF")
+    run_bash(pasted[:at] + value + pasted[at + 2 :], tmp_path)
+    assert (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("token, value, delimiter", ENDING_VALUES)
+def test_render_refuses_a_value_that_ends_a_heredoc_naming_the_token(token, value, delimiter):
+    with pytest.raises(UserDataError) as err:
+        render_tokens(HEREDOC_SCRIPT, {"a": "ok", "b": "ok", token: value}, {})
+    message = str(err.value)
+    assert message.startswith(f"{{{{{{{token}}}}}}}: a line of the value starts with")
+    assert repr(delimiter) in message
+    assert "touch" not in message  # the value is not shown
+
+
+def test_render_refuses_a_replacement_token_that_ends_a_heredoc():
+    with pytest.raises(UserDataError, match=r"^\{\{\{b\}\}\}: .*'EOF'"):
+        render_tokens(HEREDOC_SCRIPT, {"a": "ok"}, {"b": "EOF\nrm -rf /"})
+
+
+def test_render_refuses_values_that_end_a_heredoc_together():
+    script = "cat <<'MLIY_PARAM'\nMLIY_{{{a}}}{{{b}}}\nMLIY_PARAM\n"
+    with pytest.raises(UserDataError, match=r"^\{\{\{a\}\}\}, \{\{\{b\}\}\} with the text"):
+        render_tokens(script, {"a": "PAR", "b": "AM)\ntouch pwned"}, {})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("jupyterhub>=5,<7\njupyterlab", id="requirements"),
+        pytest.param("say MLIY_PARAM\nand EOF", id="not-at-line-start"),
+        pytest.param("MLIY_PARA\nEO", id="prefixes"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_values_that_end_no_heredoc_render(value, tmp_path):
+    rendered = render_tokens(HEREDOC_SCRIPT, {"a": value, "b": "ok"}, {})
+    result = run_bash(rendered, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == value + "\n"

@@ -11,7 +11,8 @@
 #   python_packages  pip requirements for /opt/mliy/venv when the AMI has no
 #                    jupyterhub-singleuser, e.g. "jupyterhub>=5,<7 jupyterlab"
 #   home_mode        octal mode of the user's home folder, e.g. 700
-# Each is pasted into a quoted here-document: any text but a line MLIY_PARAM.
+# Each is pasted into a quoted here-document: the spawner refuses a line starting
+# with any here-document delimiter of this script (MLIY_PARAM, EOF).
 #
 # Environment, from the preamble MLiySpawner inserts after the #! line:
 #   JUPYTERHUB_*        the spawner's get_env(): JUPYTERHUB_API_TOKEN (also sent with
