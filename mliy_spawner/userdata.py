@@ -244,12 +244,39 @@ def build_user_data(script_text, params, replacement_tokens, env):
     return text
 
 
-#: Accounts an AMI already has (some with passwordless sudo): a hub user of that name
-#: gets a prefixed account instead of taking over the system's.
+#: Accounts an AMI already has, or that its agents create later (some with passwordless
+#: sudo: ec2-user, ubuntu, admin, ssm-user): a hub user of that name gets a prefixed
+#: account (``nb-<name>``) instead of taking over the system's. From the /etc/passwd of
+#: each image's base and cloud packages (useradd/sysusers.d of the packages named).
 RESERVED_USERS = frozenset(
+    # POSIX and Debian/Ubuntu base-passwd, the Red Hat/SUSE "setup" package
     "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc "
-    "gnats nobody systemd-network systemd-resolve messagebus sshd ec2-user ubuntu admin "
-    "centos fedora rocky debian adm halt shutdown operator ftp chrony tss polkitd "
+    "gnats nobody nfsnobody adm halt shutdown operator ftp wwwrun tftp "
+    # systemd's own users (sysusers.d), on every image that uses systemd
+    "systemd-network systemd-resolve systemd-timesync systemd-coredump systemd-oom "
+    "systemd-journal systemd-journal-remote systemd-bus-proxy messagebus dbus polkitd "
+    # default login users: Amazon Linux / RHEL / SUSE / SageMaker notebook instances
+    # (ec2-user), Ubuntu and the Deep Learning AMIs (ubuntu), Debian (admin), CentOS,
+    # Fedora, Rocky, AlmaLinux, cloud-init's generic cloud-user, SageMaker Studio
+    "ec2-user ubuntu admin debian centos fedora rocky almalinux cloud-user "
+    "sagemaker-user "
+    # AWS agents: SSM Session Manager, CloudWatch agent, EC2 Instance Connect
+    "ssm-user cwagent ec2-instance-connect "
+    # Amazon Linux 2 / 2023 and RHEL 8-9 / Rocky / Alma services
+    "sshd chrony tss rpc rpcuser libstoragemgmt tcpdump postfix sssd unbound clevis "
+    "cockpit-ws cockpit-wsinstance setroubleshoot geoclue rtkit pipewire dnsmasq "
+    "saslauth mailnull smmsp avahi colord gdm nscd ntp "
+    # Debian 12 and Ubuntu 22.04 / 24.04 cloud images
+    "_apt _chrony _rpc syslog uuidd pollinate landscape fwupd-refresh usbmux lxd "
+    "statd dhcpcd sshd tcpdump "
+    # SUSE SLES 15
+    "vnc-user ftpsecure "
+    # Deep Learning AMIs (NVIDIA driver, DCGM, Docker user namespaces)
+    "nvidia-persistenced dcgm docker dockremap "
+    # EMR applications
+    "hadoop hdfs yarn mapred hive hbase spark livy zeppelin hue oozie zookeeper presto "
+    "trino kms httpfs flink tez sqoop pig emr-notebook "
+    # what notebook images themselves call their user
     "jupyter jovyan".split()
 )
 
@@ -257,12 +284,14 @@ RESERVED_USERS = frozenset(
 def unix_user_name(name):
     """A POSIX login name for the notebook user on the instance (``[a-z_][a-z0-9_-]*``).
 
-    Never an account the AMI has already (root, ec2-user, ubuntu, daemon, ...).
+    Never an account the AMI has already (root, ec2-user, ubuntu, daemon, ...): those
+    of :data:`RESERVED_USERS`, also without Debian's leading ``_`` (``_apt``, ``apt``), get
+    ``nb-`` in front.
     """
     cleaned = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")[:32] or "notebook"
     if not (cleaned[0].isalpha() or cleaned[0] == "_"):
         cleaned = f"u{cleaned}"[:32]
-    if cleaned in RESERVED_USERS:
+    if cleaned in RESERVED_USERS or f"_{cleaned}" in RESERVED_USERS:
         cleaned = f"nb-{cleaned}"
     return cleaned
 

@@ -1,6 +1,7 @@
 """userdata.py: token rendering, the quoted environment preamble, the 16 KB guard."""
 
 import logging
+import re
 import subprocess
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from mliy_spawner.assets import asset_path
 from mliy_spawner.userdata import (
     MAX_USER_DATA,
+    RESERVED_USERS,
     UserDataError,
     assemble,
     build_user_data,
@@ -15,6 +17,7 @@ from mliy_spawner.userdata import (
     env_preamble,
     heredoc_delimiters,
     render_tokens,
+    unix_user_name,
 )
 
 HOSTILE = [
@@ -362,3 +365,45 @@ def test_values_that_end_no_heredoc_render(value, tmp_path):
     result = run_bash(rendered, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == value + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_USERS))
+def test_a_hub_user_named_like_a_system_account_gets_a_prefixed_account(name):
+    account = unix_user_name(name)
+    assert account == f"nb-{name.lstrip('_')}"
+    assert account not in RESERVED_USERS
+    assert re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", account)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # the accounts the brief and the images' /etc/passwd name: they must stay listed
+        "ssm-user",
+        "cwagent",
+        "ec2-instance-connect",
+        "chrony",
+        "_chrony",
+        "sssd",
+        "systemd-timesync",
+        "systemd-coredump",
+        "systemd-network",
+        "systemd-resolve",
+        "ubuntu",
+        "lxd",
+        "syslog",
+        "tcpdump",
+        "ec2-user",
+        "admin",
+        "rocky",
+        "almalinux",
+        "_apt",
+        "polkitd",
+        "sshd",
+        "hadoop",
+        "sagemaker-user",
+        "nvidia-persistenced",
+    ],
+)
+def test_accounts_of_common_amis_are_reserved(name):
+    assert name in RESERVED_USERS
