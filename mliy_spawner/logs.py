@@ -8,6 +8,8 @@
 Records always propagate to the process's own handlers (the hub's or the service's
 console). :func:`configure_logging` sets each logger's level and, given a folder, adds
 one file per logger there (``auth.log``, ``aws.log``, ``launch.log``, ``service.log``).
+They name users, instances and stacks, so files this module creates are 0600 and folders
+0700 (:func:`private_folder`, :func:`private_file`, which the store's SQLite file uses too).
 """
 
 import logging
@@ -20,6 +22,33 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # marks the handlers this module added, so a second call replaces instead of doubling them
 _MARK = "_mliy_log_file"
+
+
+def private_folder(path):
+    """Create ``path`` and its missing parents, each 0700; existing folders are left as
+    they are."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        private_folder(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)  # mkdir's mode went through the umask
+
+
+def private_file(path):
+    """Create the empty file ``path`` 0600 unless it exists (then it is left as it is),
+    before a library (logging, SQLite) creates it with the umask's mode, often 0644."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode went through the umask
+    finally:
+        os.close(fd)
 
 
 def _area(key):
@@ -60,12 +89,13 @@ def configure_logging(levels=None, log_dir=None):
 
     ``levels`` maps an area (``"aws"``) or logger name (``"mliy.aws"``) to a level name or
     number; areas not named get INFO. ``log_dir`` (created if missing) receives
-    ``auth.log``, ``aws.log``, ``launch.log`` and ``service.log``. Calling again replaces
+    ``auth.log``, ``aws.log``, ``launch.log`` and ``service.log``, created 0600 (the
+    folder, when created here, 0700). Calling again replaces
     the files and levels set before (idempotent). Returns ``{area: logger}``.
     """
     parsed = parse_levels(levels)
     if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
+        private_folder(log_dir)
     loggers = {}
     for area in AREAS:
         logger = logging.getLogger(f"mliy.{area}")
@@ -74,7 +104,9 @@ def configure_logging(levels=None, log_dir=None):
             logger.removeHandler(handler)
             handler.close()
         if log_dir:
-            handler = logging.FileHandler(os.path.join(log_dir, f"{area}.log"), encoding="utf-8")
+            path = os.path.join(log_dir, f"{area}.log")
+            private_file(path)
+            handler = logging.FileHandler(path, encoding="utf-8")
             handler.setFormatter(logging.Formatter(FILE_FORMAT))
             setattr(handler, _MARK, True)
             logger.addHandler(handler)

@@ -1,6 +1,8 @@
 """configure_logging: levels per mliy.* logger, one file each, idempotent, checked input."""
 
 import logging
+import os
+import stat
 
 import pytest
 
@@ -14,6 +16,42 @@ def _restore_loggers():
     configure_logging()  # drop the file handlers
     for area, level in saved.items():
         logging.getLogger(f"mliy.{area}").setLevel(level)
+
+
+@pytest.fixture
+def open_umask():
+    """The usual umask (022), under which files come out 0644 and folders 0755."""
+    saved = os.umask(0o022)
+    yield
+    os.umask(saved)
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_log_files_are_0600_and_created_folders_0700(tmp_path, open_umask):
+    existing = tmp_path / "var"
+    existing.mkdir(mode=0o755)
+    configure_logging(log_dir=str(existing / "mliy" / "logs"))
+    logging.getLogger("mliy.launch").info("launch %s", "alice")
+    assert mode(existing) == 0o755  # not created here: left alone
+    assert mode(existing / "mliy") == 0o700
+    assert mode(existing / "mliy" / "logs") == 0o700
+    files = sorted((existing / "mliy" / "logs").iterdir())
+    assert [p.name for p in files] == [f"{a}.log" for a in sorted(AREAS)]
+    assert {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
+    assert "launch alice" in (existing / "mliy" / "logs" / "launch.log").read_text()
+
+
+def test_existing_log_files_keep_their_mode(tmp_path, open_umask):
+    (tmp_path / "aws.log").write_text("earlier\n")
+    (tmp_path / "aws.log").chmod(0o640)
+    configure_logging(log_dir=str(tmp_path))
+    logging.getLogger("mliy.aws").info("later")
+    assert mode(tmp_path / "aws.log") == 0o640
+    assert (tmp_path / "aws.log").read_text().startswith("earlier\n")
+    assert mode(tmp_path / "auth.log") == 0o600
 
 
 def test_each_logger_writes_its_own_file(tmp_path):
