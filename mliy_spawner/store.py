@@ -12,7 +12,9 @@ methods in a thread. By default it is a SQLite file next to the hub's database
 (:func:`default_store_url`); any SQLAlchemy URL (PostgreSQL) works. With SQLite two
 processes share the file safely: WAL journal, a busy timeout, and write transactions
 that take the write lock up front (``BEGIN IMMEDIATE``), so a reader never has to
-upgrade its lock half way through and fail with "database is locked".
+upgrade its lock half way through and fail with "database is locked". The SQLite file is
+created 0600 (its folder, when the store creates it, 0700): SQLite's WAL and shared-memory
+files take its mode.
 """
 
 import logging
@@ -43,6 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
+
+from .logs import private_file, private_folder
 
 log = logging.getLogger("mliy.service")
 
@@ -177,6 +181,11 @@ def _make_engine(url):
     if not _is_sqlite(url):
         return create_engine(url, pool_pre_ping=True)
     in_memory = url.database in (None, "", ":memory:")
+    if not in_memory and not url.query.get("uri"):
+        # before SQLite creates it with the umask's mode (0644: readable by every local
+        # user); the -wal and -shm files SQLite adds take the file's mode
+        private_folder(os.path.dirname(os.path.abspath(url.database)))
+        private_file(url.database)
     kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
     if in_memory:
         # one shared connection, or each thread would see its own empty database

@@ -1,7 +1,9 @@
 """The shared store: ownership upserts, progress order, two processes on one SQLite file."""
 
 import multiprocessing
+import os
 import sqlite3
+import stat
 from datetime import UTC
 
 import pytest
@@ -189,3 +191,46 @@ def test_default_store_url(hub_db_url, expected_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = expected_folder.replace("CWD", str(tmp_path))
     assert default_store_url(hub_db_url) == f"sqlite:///{folder}/{DEFAULT_FILENAME}"
+
+
+@pytest.fixture
+def open_umask():
+    """The usual umask (022), under which SQLite would create its files 0644."""
+    saved = os.umask(0o022)
+    yield
+    os.umask(saved)
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_sqlite_file_is_0600_and_a_created_folder_0700(tmp_path, open_umask):
+    path = tmp_path / "srv" / "hub" / DEFAULT_FILENAME
+    s = Store(f"sqlite:///{path}")
+    try:
+        s.record_instance("i-1", "alice", "", "arn:stack/1", "us-east-1")
+        assert s.owner("i-1").user == "alice"
+        files = sorted(p.name for p in path.parent.iterdir())
+        assert DEFAULT_FILENAME in files and f"{DEFAULT_FILENAME}-wal" in files
+        assert {name: _mode(path.parent / name) for name in files} == dict.fromkeys(files, 0o600)
+    finally:
+        s.close()
+    assert _mode(tmp_path / "srv") == _mode(tmp_path / "srv" / "hub") == 0o700
+
+
+def test_an_existing_sqlite_file_and_folder_keep_their_modes(tmp_path, open_umask):
+    folder = tmp_path / "hub"
+    folder.mkdir(mode=0o750)
+    folder.chmod(0o750)
+    first = Store(f"sqlite:///{folder / DEFAULT_FILENAME}")
+    first.record_instance("i-1", "alice", "", "arn:stack/1", "us-east-1")
+    first.close()
+    (folder / DEFAULT_FILENAME).chmod(0o640)
+    again = Store(f"sqlite:///{folder / DEFAULT_FILENAME}")
+    try:
+        assert again.owner("i-1").user == "alice"
+    finally:
+        again.close()
+    assert _mode(folder) == 0o750
+    assert _mode(folder / DEFAULT_FILENAME) == 0o640
