@@ -22,7 +22,10 @@ The file is a JSON array with one record per instance type (``instance_type``, `
   number or a ``memory`` that is not a number, and non-objects where objects belong.
 - :func:`get_catalog` shares one catalog per path in the process.
 - ``mliy-pricing`` (:func:`main`): ``show``, ``list`` and ``refresh`` (validate a file or
-  URL with the same parser, then replace the catalog atomically).
+  URL with the same parser, then replace the catalog atomically). ``refresh`` takes https
+  URLs, plain http only with ``--allow-http``, and follows a redirect only to the same
+  host name (and never from https to http unless http is allowed): prices shown to users
+  come from it, so nobody on the path or at another host may choose them.
 """
 
 import argparse
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
@@ -235,11 +239,43 @@ def get_catalog(path=None) -> PriceCatalog:
         return _catalogs[key]
 
 
-def _fetch(source):
+def _check_url(url, allow_http, origin=None):
+    """Raise :class:`PricingError` unless ``url`` may be fetched: https (http with
+    ``allow_http``) and, for a redirect from ``origin``, the same host name."""
+    parts = urllib.parse.urlsplit(url)
+    allowed = ("https", "http") if allow_http else ("https",)
+    if parts.scheme.lower() not in allowed:
+        hint = "" if allow_http or parts.scheme.lower() != "http" else "; --allow-http takes http"
+        what = f"redirected to {url}" if origin else "unsupported URL scheme"
+        raise PricingError(f"{origin or url}: {what} (allowed: {', '.join(allowed)}){hint}")
+    if origin and parts.hostname != urllib.parse.urlsplit(origin).hostname:
+        raise PricingError(
+            f"{origin}: redirected to another host ({parts.hostname}); only redirects to the"
+            " same host are followed"
+        )
+
+
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only when :func:`_check_url` passes it."""
+
+    def __init__(self, origin, allow_http):
+        self.origin = origin
+        self.allow_http = allow_http
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        try:
+            _check_url(newurl, self.allow_http, origin=self.origin)
+        except PricingError:
+            fp.close()
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(source, allow_http=False):
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", source):
-        if not source.lower().startswith(("http://", "https://")):
-            raise PricingError(f"{source}: unsupported URL scheme (allowed: http, https)")
-        with urllib.request.urlopen(source, timeout=60) as response:
+        _check_url(source, allow_http)
+        opener = urllib.request.build_opener(_SameHostRedirects(source, allow_http))
+        with opener.open(source, timeout=60) as response:
             data = response.read(_MAX_DOWNLOAD + 1)
     else:
         data = Path(source).read_bytes()
@@ -248,10 +284,11 @@ def _fetch(source):
     return data
 
 
-def refresh(source, target) -> int:
-    """Validate the catalog at ``source`` (path or http(s) URL), then atomically replace
-    ``target`` with it. Returns the number of instance types. ``target`` is untouched on error."""
-    data = _fetch(source)
+def refresh(source, target, allow_http=False) -> int:
+    """Validate the catalog at ``source`` (path or https URL; http with ``allow_http``),
+    then atomically replace ``target`` with it. Returns the number of instance types.
+    ``target`` is untouched on error. Redirects are followed to the same host only."""
+    data = _fetch(source, allow_http)
     count = len(parse_catalog(data, source).types)
     target = Path(target)
     mode = target.stat().st_mode & 0o777 if target.exists() else 0o644  # keep the file's mode
@@ -305,7 +342,12 @@ def main(argv=None) -> int:
     show.add_argument("type", help="instance type, e.g. m4.large")
     lst = sub.add_parser("list", help="a table of all instance types with their hourly price")
     ref = sub.add_parser("refresh", help="validate a new catalog, then replace the file with it")
-    ref.add_argument("source", help="path or http(s) URL of an ec2instances.info instances.json")
+    ref.add_argument("source", help="path or https URL of an ec2instances.info instances.json")
+    ref.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="also take a plain http URL (anyone on the path could change the prices)",
+    )
     for p in (show, lst):
         p.add_argument("--region", default=DEFAULT_REGION, help="AWS region (default %(default)s)")
         p.add_argument("--os", default=DEFAULT_OS, help="operating system (default %(default)s)")
@@ -318,7 +360,7 @@ def main(argv=None) -> int:
     try:
         args.file = args.file or str(asset_path("pricing", "instances.json"))
         if args.command == "refresh":
-            count = refresh(args.source, args.file)
+            count = refresh(args.source, args.file, allow_http=args.allow_http)
             print(f"Replaced {args.file} with {count} instance types from {args.source}")
             return 0
         catalog = PriceCatalog(args.file)

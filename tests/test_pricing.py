@@ -19,6 +19,7 @@ from mliy_spawner.pricing import (
     InstanceInfo,
     PriceCatalog,
     PricingError,
+    _check_url,
     get_catalog,
     main,
     parse_catalog,
@@ -626,21 +627,54 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class RedirectingHandler(QuietHandler):
+    """Serves the folder; a path in ``redirects`` answers 302 to its Location instead."""
+
+    def __init__(self, *args, redirects, seen, **kwargs):
+        self.redirects, self.seen = redirects, seen
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        if self.path not in self.redirects:
+            return super().do_GET()
+        self.send_response(302)
+        self.send_header("Location", self.redirects[self.path].format(port=self.server_port))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    @property
+    def server_port(self):
+        return self.server.server_address[1]
+
+
 @pytest.fixture
-def web(tmp_path, monkeypatch):
-    """An HTTP server on 127.0.0.1 serving the folder ``web/``; yields (folder, base URL)."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
+def web_server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving the folder ``web/``, with ``redirects``
+    ({path: Location, "{port}" its port}); yields it with ``folder``, ``base``, ``seen``."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
     folder = tmp_path / "web"
     folder.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(folder))
+    redirects, seen = {}, []
+    handler = functools.partial(
+        RedirectingHandler, directory=str(folder), redirects=redirects, seen=seen
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.folder, server.redirects, server.seen = folder, redirects, seen
+    server.base = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def web(web_server):
+    """The folder ``web_server`` serves and its base URL."""
+    return web_server.folder, web_server.base
 
 
 @pytest.fixture
@@ -668,10 +702,74 @@ def test_refresh_from_file(capsys, tmp_path, target):
 def test_refresh_from_url(capsys, web, target):
     folder, base = web
     source = write(folder / "instances.json", [record("t9.test", price="0.66")])
-    code, out, err = run(capsys, "refresh", f"{base}/instances.json", "--file", str(target))
+    url = f"{base}/instances.json"
+    code, out, err = run(capsys, "refresh", url, "--allow-http", "--file", str(target))
     assert (code, err) == (0, "")
     assert target.read_bytes() == source.read_bytes()
     assert PriceCatalog(target).price("t9.test") == Decimal("0.66")
+
+
+def test_refresh_refuses_plain_http_without_allow_http(capsys, web_server, target):
+    write(web_server.folder / "instances.json", [record("t9.test", price="0.01")])
+    before = target.read_bytes()
+    url = f"{web_server.base}/instances.json"
+    code, out, err = run(capsys, "refresh", url, "--file", str(target))
+    assert (code, out) == (1, "")
+    assert "unsupported URL scheme (allowed: https); --allow-http takes http" in err
+    assert web_server.seen == []  # nothing was even asked
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        pytest.param("/instances.json", id="relative"),
+        pytest.param("http://127.0.0.1:{port}/instances.json", id="absolute"),
+    ],
+)
+def test_refresh_follows_a_redirect_to_the_same_host(capsys, web_server, target, location):
+    source = write(web_server.folder / "instances.json", [record("t9.test", price="0.77")])
+    web_server.redirects["/moved.json"] = location
+    url = f"{web_server.base}/moved.json"
+    code, _, err = run(capsys, "refresh", url, "--allow-http", "--file", str(target))
+    assert (code, err) == (0, "")
+    assert web_server.seen == ["/moved.json", "/instances.json"]
+    assert target.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "location, host",
+    [
+        pytest.param("http://localhost:{port}/instances.json", "localhost", id="localhost"),
+        pytest.param("http://127.0.0.2:{port}/instances.json", "127.0.0.2", id="other-address"),
+        pytest.param("//localhost:{port}/instances.json", "localhost", id="scheme-relative"),
+    ],
+)
+def test_refresh_refuses_a_redirect_to_another_host(capsys, web_server, target, location, host):
+    write(web_server.folder / "instances.json", [record("t9.test", price="0.01")])
+    web_server.redirects["/moved.json"] = location
+    before = target.read_bytes()
+    url = f"{web_server.base}/moved.json"
+    code, out, err = run(capsys, "refresh", url, "--allow-http", "--file", str(target))
+    assert (code, out) == (1, "")
+    assert f"{url}: redirected to another host ({host})" in err
+    assert web_server.seen == ["/moved.json"]
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "location, allow_http, message",
+    [
+        pytest.param("http://h.example/i.json", False, "redirected to http://h.example", id="down"),
+        pytest.param("ftp://h.example/i.json", True, "redirected to ftp://", id="ftp"),
+        pytest.param("https://other.example/i.json", True, "another host", id="other-host"),
+    ],
+)
+def test_redirects_from_https_keep_the_rules(location, allow_http, message):
+    # no TLS server here: the redirect check itself, as urllib calls it for a 30x
+    with pytest.raises(PricingError, match=message):
+        _check_url(location, allow_http, origin="https://h.example/instances.json")
+    _check_url("https://h.example/elsewhere.json", False, origin="https://h.example/i.json")
 
 
 def test_refresh_real_catalog(capsys, tmp_path, target):
@@ -719,7 +817,7 @@ def test_refresh_bad_source_keeps_the_old_file(
     if content is not None:
         write(where / name, content)
     source = {"file": str(tmp_path / name), "url": f"{base}/{name}", "raw": name}[kind]
-    code, out, err = run(capsys, "refresh", source, "--file", str(target))
+    code, out, err = run(capsys, "refresh", source, "--allow-http", "--file", str(target))
     assert (code, out) == (1, "")
     assert err.startswith("mliy-pricing: error: ")
     assert message in err
