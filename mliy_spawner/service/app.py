@@ -12,8 +12,14 @@ JupyterHub starts the service with ``JUPYTERHUB_SERVICE_URL`` (where to listen),
 ``MLIY_LOG_LEVELS``        ``area=LEVEL,...``, e.g. ``service=DEBUG,aws=INFO``
 ``MLIY_PROGRESS_RATE``     progress reports per second and instance (default 10)
 ``MLIY_PROGRESS_BURST``    reports allowed at once per instance (default 20)
+``MLIY_ADDRESS_RATE``      requests per second per client address, checked before any
+                           token (default 20)
+``MLIY_ADDRESS_BURST``     requests allowed at once per client address (default 100)
+``MLIY_TRUSTED_PROXIES``   ``,``-separated networks whose ``X-Forwarded-For`` names the
+                           client (default ``127.0.0.1/32,::1/128``: the hub's proxy)
 ``MLIY_STOP_TIMEOUT``      seconds restart/terminate wait for a server to stop (300)
 ``MLIY_TEMPLATE_PATHS``    folders (``:``-separated) searched before the shipped templates
+``MLIY_BOOTSTRAP_CHECK_ADDRESS`` ``0``: take a bootstrap code from any address (NAT, the demo)
 """
 
 import logging
@@ -36,7 +42,7 @@ from .handlers import (
     ProgressHandler,
 )
 from .hub import HubClient
-from .ratelimit import RateLimiter
+from .ratelimit import DEFAULT_TRUSTED_PROXIES, RateLimiter, trusted_networks
 
 log = logging.getLogger("mliy.service")
 
@@ -52,6 +58,18 @@ def _number(environ, name, default, kind=float, minimum=0):
     if value <= minimum:
         raise ValueError(f"{name}={raw!r} must be greater than {minimum}")
     return value
+
+
+def _networks(environ, name, default):
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return tuple(default)
+    cidrs = tuple(part.strip() for part in raw.split(","))
+    try:
+        trusted_networks(cidrs)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return cidrs
 
 
 def parse_log_levels(text):
@@ -79,8 +97,13 @@ class Settings:
     log_levels: dict | None = None
     progress_rate: float = 10.0
     progress_burst: int = 20
+    address_rate: float = 20.0
+    address_burst: int = 100
+    trusted_proxies: tuple = DEFAULT_TRUSTED_PROXIES
     stop_timeout: float = 300.0
     template_paths: tuple = ()
+    # refuse a bootstrap code posted from another address than the instance's own
+    bootstrap_check_address: bool = True
 
     @classmethod
     def from_env(cls, environ=None):
@@ -107,7 +130,11 @@ class Settings:
             log_levels=parse_log_levels(env.get("MLIY_LOG_LEVELS", "")),
             progress_rate=_number(env, "MLIY_PROGRESS_RATE", 10.0),
             progress_burst=_number(env, "MLIY_PROGRESS_BURST", 20, kind=int),
+            address_rate=_number(env, "MLIY_ADDRESS_RATE", 20.0),
+            address_burst=_number(env, "MLIY_ADDRESS_BURST", 100, kind=int),
+            trusted_proxies=_networks(env, "MLIY_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES),
             stop_timeout=_number(env, "MLIY_STOP_TIMEOUT", 300.0),
+            bootstrap_check_address=env.get("MLIY_BOOTSTRAP_CHECK_ADDRESS", "1") != "0",
             template_paths=tuple(
                 p for p in env.get("MLIY_TEMPLATE_PATHS", "").split(os.pathsep) if p
             ),
@@ -139,6 +166,9 @@ class Context:
         )
         self.hub = HubClient(settings.api_url, settings.api_token)
         self.limiter = RateLimiter(settings.progress_rate, settings.progress_burst)
+        # per client address, before any token check: see handlers.Guarded
+        self.address_limiter = RateLimiter(settings.address_rate, settings.address_burst)
+        self.trusted_proxies = trusted_networks(settings.trusted_proxies)
         self.actions = InstanceActions(
             self.hub,
             self.store,
@@ -190,9 +220,15 @@ def make_app(settings, store=None):
     handlers = [
         (prefix, InstancesPage, args),
         (prefix + "oauth_callback", OAuthCallbackHandler, args),
-        (prefix + r"api/progress/([^/]+)", ProgressHandler, args),
-        (prefix + r"ajax/progress/([^/]+)/(.+)", MLiyProgressHandler, args),
-        (prefix + r"api/instances/([^/]+)/([^/]+)", InstanceActionHandler, args),
+        # named groups name a URL part that is not UTF-8 in the 400 (decode_argument)
+        (prefix + r"api/progress/(?P<instance_id>[^/]+)", ProgressHandler, args),
+        (prefix + r"ajax/progress/(?P<instance_id>[^/]+)/(?P<tail>.+)", MLiyProgressHandler, args),
+        (
+            prefix + r"api/instances/(?P<instance_id>[^/]+)/(?P<action>[^/]+)",
+            InstanceActionHandler,
+            args,
+        ),
+        # add routes above: anything else under the prefix is a JSON 404
         (prefix + r".*", NotFoundHandler, args),
     ]
     app = web.Application(

@@ -1,6 +1,32 @@
-"""A token bucket per key (an instance id): ``rate`` requests a second, bursts of ``burst``."""
+"""Token buckets per key: ``rate`` requests a second, bursts of ``burst``.
+
+The service keeps two: one per client address, checked before any token is (so a flood
+of requests with made-up tokens costs the hub nothing), and one per instance for
+progress reports. :func:`client_address` is the address a request came from, as
+:mod:`mliy_spawner.auth` decides it for the login header: the socket peer, or, when that
+peer is a trusted proxy (configurable-http-proxy), the last ``X-Forwarded-For`` entry it
+added. Never tornado's ``remote_ip``, which believes ``X-Real-Ip`` from anyone.
+"""
 
 import time
+
+# one rule for "who sent this", shared with the login header's check
+from ..auth import _socket_peer, login_peer, parse_networks
+
+#: Where configurable-http-proxy connects to the service from: the service listens on
+#: 127.0.0.1 (:func:`~mliy_spawner.service.configure_service`).
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.1/32", "::1/128")
+
+
+def trusted_networks(cidrs):
+    """``("127.0.0.1/32", ...)`` -> networks; ValueError names a bad entry."""
+    return parse_networks(tuple(cidrs))
+
+
+def client_address(request, networks):
+    """The address ``request`` came from (see the module docstring); "unknown" if none."""
+    peer = login_peer(_socket_peer(request), request.headers.get_list("X-Forwarded-For"), networks)
+    return peer or "unknown"
 
 
 class RateLimiter:
