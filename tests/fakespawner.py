@@ -5,6 +5,8 @@ token to the instance the way the real bootstrap script receives it (a file read
 the test, ``<instance_dir>/<instance-id>.token``), optionally holds while a hold file
 exists (to keep a spawn pending), and returns the address of one tiny HTTP server in the
 hub's process that answers every request with 200 (enough for the hub's readiness check).
+Its server tokens get the scopes MLiySpawner's get (``server_token_scopes``), so they may
+report progress to the service and the user's other tokens may not.
 """
 
 import asyncio
@@ -16,8 +18,9 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Unicode
+from traitlets import Unicode, default
 
+from mliy_spawner.service import server_token_scopes
 from mliy_spawner.store import Store
 
 REGION = "us-east-1"
@@ -61,6 +64,10 @@ class FakeSpawner(Spawner):
     ).tag(config=True)
 
     _running = False
+
+    @default("server_token_scopes")
+    def _default_server_token_scopes(self):
+        return server_token_scopes
 
     @property
     def store(self):

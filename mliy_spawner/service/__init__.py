@@ -17,6 +17,37 @@ import sys
 #: start them and stop/remove them. Users' tokens are checked with the token itself.
 SERVICE_SCOPES = ["read:servers", "start:servers", "delete:servers"]
 
+#: The custom scope progress reports need, as ``custom:mliy-progress!server=<user>/<server>``
+#: for the instance's own server. :func:`configure_service` defines it and gives users
+#: ``custom:mliy-progress!user``, so the hub may grant it to tokens for their servers;
+#: :func:`server_token_scopes` asks it for each server's API token, filtered to that
+#: server. The owner's other tokens (personal, OAuth) hold it for the user at most, which
+#: the service refuses: only the server's own token can report, or fail, its launch.
+PROGRESS_SCOPE = "custom:mliy-progress"
+
+
+def progress_scope(user, server_name):
+    """The scope a token must hold to report progress for ``user``'s server."""
+    return f"{PROGRESS_SCOPE}!server={user}/{server_name}"
+
+
+def server_token_scopes(spawner):
+    """``Spawner.server_token_scopes``: the hub's ``server`` role plus the progress scope
+    on this server (``...!server``; the hub fills in ``=<user>/<server>``).
+
+    The progress scope is asked for only when :func:`configure_service` defined it: the
+    hub fails a spawn whose token asks for an unknown scope.
+    """
+    from jupyterhub import orm
+    from jupyterhub.scopes import scope_definitions
+
+    role = orm.Role.find(spawner.db, "server") if spawner.db is not None else None
+    scopes = list(role.scopes) if role else ["users:activity!user", "access:servers!server"]
+    if PROGRESS_SCOPE in scope_definitions:
+        scopes.append(f"{PROGRESS_SCOPE}!server")
+    return scopes
+
+
 # Hub environment variables the service inherits, so its CloudFormation calls see the
 # hub's AWS setup. JupyterHub stores a service's environment in its database, so the
 # secret ones are passed as callables read when the hub starts the service: the database
@@ -81,7 +112,9 @@ def configure_service(
     """Add the ``mliy`` service and its role to the hub config ``c``; returns the service dict.
 
     The role ``<name>-service`` gives the service :data:`SERVICE_SCOPES`; the ``user``
-    role gains ``access:services!service=<name>`` so users can open its page.
+    role gains ``access:services!service=<name>`` so users can open its page, and
+    ``custom:mliy-progress!user`` (defined in ``c.JupyterHub.custom_scopes``) so their
+    servers' tokens can get :data:`PROGRESS_SCOPE` (see :func:`server_token_scopes`).
 
     - ``name``: service name, so its URL is ``/services/<name>/``.
     - ``port``: loopback port it listens on (default: a free port chosen now).
@@ -157,16 +190,29 @@ def configure_service(
                 "services": [name],
             }
         )
-    # every user may open the service's page (hub OAuth checks access:services)
-    access = f"access:services!service={name}"
+    # every user may open the service's page (hub OAuth checks access:services) and
+    # may hold the progress scope, so the hub can grant it to their servers' tokens
+    granted = [f"access:services!service={name}", f"{PROGRESS_SCOPE}!user"]
     for role in roles:
         if role.get("name") == "user":
-            role["scopes"] = list(dict.fromkeys([*role.get("scopes", ["self"]), access]))
+            role["scopes"] = list(dict.fromkeys([*role.get("scopes", ["self"]), *granted]))
             break
     else:
-        roles.append({"name": "user", "scopes": ["self", access]})
+        roles.append({"name": "user", "scopes": ["self", *granted]})
     c.JupyterHub.load_roles = roles
+    custom_scopes = dict(_get(c.JupyterHub, "custom_scopes", {}))
+    custom_scopes.setdefault(
+        PROGRESS_SCOPE,
+        {"description": "Report the boot progress of a server's MLiy instance."},
+    )
+    c.JupyterHub.custom_scopes = custom_scopes
     return service
 
 
-__all__ = ["configure_service", "SERVICE_SCOPES"]
+__all__ = [
+    "configure_service",
+    "PROGRESS_SCOPE",
+    "SERVICE_SCOPES",
+    "progress_scope",
+    "server_token_scopes",
+]
