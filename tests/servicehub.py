@@ -5,9 +5,14 @@ service; DummyAuthenticator; named servers; :class:`fakespawner.FakeSpawner`; a
 ``test-admin`` service with the admin role, to create users and tokens), starts ``jupyterhub``
 and configurable-http-proxy, and waits until the hub and the service answer through the
 proxy. :class:`ServiceHub` is a :class:`hubapi.HubClient` at ``hub.public_url`` as
-``test-admin``, with the service's own calls; :meth:`ServiceHub.stop` ends it.
+``test-admin``, with the service's own calls (through the proxy, or straight to the
+service from another loopback address: :meth:`ServiceHub.direct`), a count of the
+service's token checks in the hub's log (:meth:`ServiceHub.token_checks`);
+:meth:`ServiceHub.stop` ends it.
 """
 
+import http.client
+import re
 import secrets
 import subprocess
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ class ServiceHub(HubClient):
     hold_dir: Path
     log_dir: Path
     hub_log: Path
+    service_port: int = 0
     proc: subprocess.Popen = None
 
     def __post_init__(self):
@@ -58,6 +64,26 @@ class ServiceHub(HubClient):
             method, f"{self.service_url}/{path}", headers=headers, timeout=60, **kwargs
         )
 
+    def direct(self, method, path, source, token=None, headers=None, body=None):
+        """A call straight to the service (not through the proxy) from the loopback
+        address ``source`` (``127.0.0.2``, ...); returns ``(status, headers, text)``."""
+        headers = dict(headers or {})
+        if token is not None:
+            headers["Authorization"] = f"token {token}"
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.service_port, timeout=30, source_address=(source, 0)
+        )
+        try:
+            connection.request(method, f"/services/{SERVICE}/{path}", body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read().decode()
+        finally:
+            connection.close()
+
+    def token_checks(self):
+        """How many times the hub has answered ``GET /hub/api/user`` (a token check)."""
+        return len(_TOKEN_CHECK.findall(self.hub_log_text()))
+
     def hub_log_text(self):
         return log_tail(self.hub_log, chars=None)
 
@@ -66,6 +92,9 @@ class ServiceHub(HubClient):
             stop_process(self.proc)
         self.session.close()
 
+
+# the hub's request log: "[I ... log:192] 403 GET /hub/api/user (@127.0.0.1) 3.1ms"
+_TOKEN_CHECK = re.compile(r"\] \d{3} GET /hub/api/user \(")
 
 SETTINGS = """\
 from mliy_spawner.service import configure_service
@@ -104,6 +133,7 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
     for sub in ("instances", "hold", "logs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     admin_token = secrets.token_hex(32)
+    service_port = free_port()
     store_url = f"sqlite:///{root / 'mliy.sqlite'}"
     config_file, ports = write_hub_config(
         root,
@@ -112,7 +142,7 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
         instance_dir=str(root / "instances"),
         hold_dir=str(root / "hold"),
         admin_token=admin_token,
-        service_port=free_port(),
+        service_port=service_port,
         log_dir=str(root / "logs"),
         aws_endpoint_url=aws_endpoint_url,
         environment=environment or {},
@@ -126,6 +156,7 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
         hold_dir=root / "hold",
         log_dir=root / "logs",
         hub_log=root / "jupyterhub.log",
+        service_port=service_port,
     )
 
     def service_up():

@@ -1,12 +1,17 @@
-"""HTTP handlers of the ``mliy`` service. Every answer is JSON: ``{"status": ..., ...}``.
+"""HTTP handlers of the ``mliy`` service. Every API answer is JSON: ``{"status": ..., ...}``.
 
+Every request, on every endpoint, first passes the per-address rate limit
+(:class:`Guarded`), before any token is looked at, so a flood costs the hub nothing.
 Authentication is the hub's: ``Authorization: token <token>`` checked with
 :class:`jupyterhub.services.auth.HubAuth` (tokens in the URL are not accepted, so they
-cannot end up in access logs). No token, or one the hub does not know: 401.
+cannot end up in access logs). No token, or one the hub does not know: 401. Progress
+needs the scope :data:`~mliy_spawner.service.PROGRESS_SCOPE` on the instance's server,
+which only the API token the hub gave that server holds.
 """
 
 import json
 import logging
+import math
 
 from jupyterhub.services.auth import (
     HubOAuthCallbackHandler,
@@ -17,8 +22,18 @@ from tornado import web
 
 from ..store import ProgressLimitError
 from ..util import StatusError, run_blocking, shorten
+from . import progress_scope
 from .actions import ACTIONS, refusal
-from .validation import ReportError, parse_json_report, parse_mliy_report
+from .ratelimit import client_address
+from .validation import (
+    ReportError,
+    check_instance_id,
+    check_query,
+    decode_text,
+    parse_json_report,
+    parse_mliy_report,
+    token_from_header,
+)
 
 log = logging.getLogger("mliy.service")
 
@@ -48,11 +63,77 @@ class QuietLogs:
         log.info("%s %s -> %d %s", self.request.method, self.request.path, *answer)
 
 
-class BaseHandler(QuietLogs, web.RequestHandler):
-    """JSON errors, quiet logs (path only, never the query or headers), token auth."""
+#: what each URL part is called in messages (the routes' named groups)
+PART_NAMES = {"instance_id": "instance id", "tail": "progress path", "action": "action"}
+
+
+class Guarded(QuietLogs):
+    """Every handler of the service: the per-address rate limit and quiet logs."""
 
     def initialize(self, context):
         self.context = context
+
+    def client_address(self):
+        """The client's address: the socket peer, or the last ``X-Forwarded-For`` entry
+        added by a trusted proxy (``MLIY_TRUSTED_PROXIES``); never ``X-Real-Ip``."""
+        return client_address(self.request, self.context.trusted_proxies)
+
+    def address_wait(self):
+        """Take one request from the client address's bucket: 0, or seconds to wait."""
+        address = self.client_address()
+        wait = self.context.address_limiter.allow(address)
+        if wait:  # the request log shows the 429 too; this says from where
+            log.debug(
+                "%s %s from %s: over the address rate limit",
+                self.request.method,
+                self.request.path,
+                address,
+            )
+        return wait
+
+    def refuse_flood_page(self):
+        """For the HTML handlers: answer 429 (plain text) if over the limit; True if so."""
+        wait = self.address_wait()
+        if not wait:
+            return False
+        self.set_status(429)
+        self.set_header("Retry-After", str(_seconds(wait)))
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish("Too many requests from your address; try again later.\n")
+        return True
+
+
+def _seconds(wait):
+    return max(1, math.ceil(wait))
+
+
+class BaseHandler(Guarded, web.RequestHandler):
+    """JSON errors, quiet logs (path only, never the query or headers), token auth."""
+
+    def prepare(self):
+        # before any token check: a rejected request costs no hub API call
+        wait = self.address_wait()
+        if wait:
+            raise APIError(
+                429,
+                f"too many requests from your address; at most "
+                f"{self.context.address_limiter.rate:g} per second",
+                headers={"Retry-After": str(_seconds(wait))},
+            )
+
+    def decode_argument(self, value, name=None):
+        """URL parts and query arguments as text; not UTF-8: 400 naming the part."""
+        try:
+            return decode_text(value, PART_NAMES.get(name, name or "URL path"))
+        except ReportError as e:
+            raise APIError(400, str(e)) from None
+
+    def check_query(self, *allowed):
+        """400 for query arguments other than ``allowed`` or repeated ones."""
+        try:
+            check_query(self.request.query_arguments, allowed)
+        except ReportError as e:
+            raise APIError(400, str(e)) from None
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -90,15 +171,11 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         """The hub's model of the token's owner; 401 without a token the hub knows."""
         hub_auth = self.context.hub_auth
         # the Authorization header only: HubAuth.get_token would also read ?token= from
-        # requests that say they are websockets, and URLs end up in access logs
-        scheme, _, token = self.request.headers.get("Authorization", "").strip().partition(" ")
-        token = token.strip() if scheme.lower() in ("token", "bearer") else ""
-        if not token:
-            raise APIError(
-                401,
-                "no token: send the header 'Authorization: token <API token>'",
-                headers={"WWW-Authenticate": "token"},
-            )
+        # requests that say they are websockets, and URLs end up in access logs. A
+        # header holding no well-formed token is refused without asking the hub.
+        token, problem = token_from_header(self.request.headers.get("Authorization", ""))
+        if problem:
+            raise APIError(401, problem, headers={"WWW-Authenticate": "token"})
         model = await hub_auth.user_for_token(token, sync=False)
         if not model:
             raise APIError(
@@ -109,6 +186,10 @@ class BaseHandler(QuietLogs, web.RequestHandler):
         return model
 
     async def instance(self, instance_id, status_if_unknown):
+        try:
+            check_instance_id(instance_id)
+        except ReportError as e:
+            raise APIError(400, str(e)) from None
         record = await run_blocking(self.context.store.owner, instance_id)
         if record is None:
             raise APIError(
@@ -123,6 +204,7 @@ class ProgressHandler(BaseHandler):
 
     async def post(self, instance_id):
         record = await self.authorize(instance_id)
+        self.check_query()
         try:
             report = parse_json_report(self.request.body)
         except ReportError as e:
@@ -130,7 +212,8 @@ class ProgressHandler(BaseHandler):
         await self.save(record, report)
 
     async def authorize(self, instance_id):
-        """Only the server's owner may report, at most ``rate`` per second per instance."""
+        """Only the server's own API token may report, at most ``rate`` per second per
+        instance (refused reports count too)."""
         model = await self.authenticate()
         record = await self.instance(instance_id, 400)
         if model.get("kind", "user") != "user" or model.get("name") != record.user:
@@ -140,13 +223,23 @@ class ProgressHandler(BaseHandler):
                 f"the token of {who} may not report progress for instance "
                 f"{shorten(instance_id)}: only its owner's tokens may",
             )
+        # the exact scope on this server: the owner's other tokens hold it for the user
+        # (!user=...) at most, never for one server, unless they were made for that
+        needed = progress_scope(record.user, record.server_name)
+        if needed not in (model.get("scopes") or ()):
+            raise APIError(
+                403,
+                f"this token of {record.user!r} may not report progress for instance "
+                f"{shorten(instance_id)}: only the API token the hub gave its server "
+                f"(JUPYTERHUB_API_TOKEN) may; it lacks the scope {needed!r}",
+            )
         wait = self.context.limiter.allow(instance_id)
         if wait:
             raise APIError(
                 429,
                 f"too many progress reports for instance {shorten(instance_id)}; at most "
                 f"{self.context.limiter.rate:g} per second",
-                headers={"Retry-After": str(max(1, round(wait)))},
+                headers={"Retry-After": str(_seconds(wait))},
             )
         return record
 
@@ -191,6 +284,7 @@ class MLiyProgressHandler(ProgressHandler):
 
     async def get(self, instance_id, tail):
         record = await self.authorize(instance_id)
+        self.check_query("failed")
         try:
             report = parse_mliy_report(tail, self.get_query_argument("failed", None))
         except ReportError as e:
@@ -206,6 +300,7 @@ class InstanceActionHandler(BaseHandler):
 
     async def post(self, instance_id, action):
         model = await self.authenticate()
+        self.check_query()
         if action not in ACTIONS:
             raise APIError(400, f"action {shorten(action)} is unknown; one of {', '.join(ACTIONS)}")
         record = await self.instance(instance_id, 404)
@@ -238,10 +333,11 @@ class NotFoundHandler(BaseHandler):
     """Any other path under the service's prefix: a JSON 404."""
 
     def prepare(self):
+        super().prepare()
         raise APIError(404, f"no such endpoint: {shorten(self.request.path)}")
 
 
-class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):
+class InstancesPage(Guarded, HubOAuthenticated, web.RequestHandler):
     """``GET <prefix>``: the logged-in user's instances and their latest step (HTML).
 
     Browsers log in through the hub's OAuth (``HubOAuth``); the page only reads.
@@ -252,6 +348,8 @@ class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):
         self.hub_auth = context.hub_oauth
 
     async def prepare(self):
+        if self.refuse_flood_page():  # before the cookie's token goes to the hub
+            return
         # the mixin's get_current_user asks the hub synchronously; ask here without
         # blocking the event loop and leave the answer where get_current_user looks
         model = await self.hub_auth.get_user(self, sync=False)
@@ -293,8 +391,12 @@ class InstancesPage(QuietLogs, HubOAuthenticated, web.RequestHandler):
         return rows
 
 
-class OAuthCallbackHandler(QuietLogs, HubOAuthCallbackHandler):
+class OAuthCallbackHandler(Guarded, HubOAuthCallbackHandler):
     """``<prefix>oauth_callback``: finishes the hub's OAuth login for the page."""
 
     def initialize(self, context):
+        self.context = context
         self.hub_auth = context.hub_oauth
+
+    def prepare(self):
+        self.refuse_flood_page()  # before the code is traded with the hub
