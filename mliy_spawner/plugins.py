@@ -351,19 +351,26 @@ async def run_dns(plugin, action, instance_name, ip, log, time_limit=60):
     return None
 
 
-def dns_label(user_name, server_name):
-    """A DNS label for a server (``[a-z0-9-]``, at most 63 characters), stable per server.
+DNS_LABEL_MAX = 40
+DNS_LABEL_HASH_HEX = 16
 
-    ``alice`` or ``alice-gpu`` stay as they are; any other name is cut down to lower-case
-    letters, digits and ``-`` and followed by a hash of the full name, so two servers
-    never share a label.
+
+def dns_label(user_name, server_name):
+    """A DNS label for the server ``server_name`` ("" for the default one) of ``user_name``.
+
+    ``[a-z0-9-]``, at most :data:`DNS_LABEL_MAX` characters (so a DNS plugin may add a
+    prefix such as ``mliy-``), never ``--``. A readable part (the names in lower case,
+    other characters as ``-``, cut short) is always followed by ``-`` and 16 hex digits of
+    the SHA-256 of ``user_name + "\\0" + server_name``: the label belongs to that exact
+    pair. User ``bob-smith``'s default server and user ``bob``'s server ``smith`` both
+    read ``bob-smith`` but differ in their hashes.
     """
+    digest = hashlib.sha256(f"{user_name}\0{server_name}".encode()).hexdigest()
+    digest = digest[:DNS_LABEL_HASH_HEX]
     raw = f"{user_name}-{server_name}" if server_name else user_name
-    label = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
-    if label == raw and len(label) <= 63:
-        return label
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
-    return f"{label[:54].strip('-')}-{digest}".strip("-")
+    readable = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
+    readable = readable[: DNS_LABEL_MAX - DNS_LABEL_HASH_HEX - 1].strip("-")
+    return f"{readable}-{digest}" if readable else digest
 
 
 def dns_display_name(plugin, instance_name, ip, log):

@@ -2,14 +2,17 @@
 
 ``createDnsEntry`` UPSERTs an A record (AAAA for an IPv6 address) named by
 ``plugin_settings.ROUTE53_NAME_PATTERN`` (default ``mliy-{instance_name}.{zone}``) in the
-hosted zone ``ROUTE53_ZONE_NAME``; ``deleteDnsEntry`` deletes the server's records and
-does nothing when there are none. Both are idempotent and blocking: the spawner runs
-them on its executor.
+hosted zone ``ROUTE53_ZONE_NAME``; ``deleteDnsEntry`` deletes the server's record only
+while it still points at the address it is given, and does nothing when there is none.
+Both are idempotent and blocking: the spawner runs them on its executor.
 
-Instance names become one DNS label. A name that already is a short, lower-case label
-(``alice-gpu``) is used as is; any other name is cut down to letters, digits and ``-``
-and followed by ``--`` and a hash of the full name (``Alice.Smith`` ->
-``alice-smith--<16 hex>``), so two servers never share a record.
+Instance names become one DNS label. The spawner passes
+:func:`mliy_spawner.plugins.dns_label` of the (user, server) pair, already a label of at
+most 40 characters that is unique per pair (``bob-smith-<16 hex>``); such a name is used
+as is, never re-mangled. Any other name (a longer or non-label one) is cut down to
+letters, digits and ``-`` and followed by ``--`` and a hash of the full name
+(``Alice.Smith`` -> ``alice-smith--<16 hex>``); a plain label never holds ``--``, so the
+two kinds never meet and two instance names never share a record.
 
 The hub needs ``route53:ListHostedZonesByName``, ``route53:ListResourceRecordSets``,
 ``route53:ChangeResourceRecordSets`` (and ``route53:GetChange`` with
@@ -154,12 +157,30 @@ def dnsDisplayName(instance_name):
     return record_name(instance_name)
 
 
-def createDnsEntry(instance_name, ip):
-    """Create or update the server's record to point at ``ip``."""
+def _address(instance_name, ip):
     try:
-        address = ipaddress.ip_address(ip)
+        return ipaddress.ip_address(ip)
     except ValueError:
         raise ValueError(f"DNS record for {instance_name!r}: {ip!r} is not an IP address") from None
+
+
+def _points_at(record_set, address):
+    """Whether ``record_set`` holds exactly ``address`` (and nothing else)."""
+    values = [v["Value"] for v in record_set.get("ResourceRecords", [])]
+    try:
+        return bool(values) and {ipaddress.ip_address(v) for v in values} == {address}
+    except ValueError:
+        return False
+
+
+def createDnsEntry(instance_name, ip):
+    """Create or update the server's record to point at ``ip``.
+
+    An UPSERT: a resumed server has a new address and overwrites its own record. The
+    record's name belongs to this one server (the spawner's names are unique per user
+    and server), so no other server's record is touched.
+    """
+    address = _address(instance_name, ip)
     name = record_name(instance_name)
     record_type = "A" if address.version == 4 else "AAAA"
     _change(
@@ -176,22 +197,42 @@ def createDnsEntry(instance_name, ip):
 
 
 def deleteDnsEntry(instance_name, ip):
-    """Delete the server's A/AAAA records, whatever address they hold; none is fine."""
+    """Delete the server's record if it still points at ``ip``; none is fine.
+
+    A record that holds another address (or ``ip`` None: the address is unknown) is
+    left in place and logged: it is not this server's any more. The DELETE names the
+    record's exact values, so Route 53 refuses it if the record changes meanwhile.
+    """
     name = record_name(instance_name) + "."
+    if ip is None:
+        log.warning("DNS %s: the server's address is unknown, so its record is left", name)
+        return
+    address = _address(instance_name, ip)
+    record_type = "A" if address.version == 4 else "AAAA"
     response = _route53().list_resource_record_sets(
         HostedZoneId=hosted_zone_id(), StartRecordName=name, MaxItems="10"
     )
     found = [
         record_set
         for record_set in response["ResourceRecordSets"]
-        if record_set["Name"].lower() == name and record_set["Type"] in ("A", "AAAA")
+        if record_set["Name"].lower() == name and record_set["Type"] == record_type
     ]
+    if not found:
+        log.info("DNS %s: no record to delete", name)
     for record_set in found:
+        if not _points_at(record_set, address):
+            held = ", ".join(v["Value"] for v in record_set.get("ResourceRecords", []))
+            log.warning(
+                "DNS %s %s left in place: it points at %s, not at this server's %s",
+                record_type,
+                name,
+                held or "an alias",
+                address,
+            )
+            continue
         try:
             _change("DELETE", record_set, f"mliy-spawner: {instance_name} removed")
         except _route53().exceptions.InvalidChangeBatch as e:
             if "not found" not in str(e):
                 raise
-        log.info("DNS %s %s deleted (server was at %s)", record_set["Type"], name, ip)
-    if not found:
-        log.info("DNS %s: no record to delete", name)
+        log.info("DNS %s %s deleted (server was at %s)", record_type, name, address)

@@ -5,6 +5,7 @@ temporary folder first: the loader imports each folder once per process.
 """
 
 import asyncio
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -331,8 +332,12 @@ def test_dns_display_name_falls_back_to_the_ip(tmp_path):
     assert dns_display_name(empty, "alice", "10.0.0.5", log) == "10.0.0.5"
 
 
+def pair_hash(user_name, server_name):
+    return hashlib.sha256(f"{user_name}\0{server_name}".encode()).hexdigest()[:16]
+
+
 @pytest.mark.parametrize(
-    "user_name, server_name, label",
+    "user_name, server_name, readable",
     [
         ("alice", "", "alice"),
         ("alice", "gpu", "alice-gpu"),
@@ -340,8 +345,9 @@ def test_dns_display_name_falls_back_to_the_ip(tmp_path):
     ],
     ids=["default-server", "named-server", "digits-and-dashes"],
 )
-def test_dns_label_keeps_plain_names(user_name, server_name, label):
-    assert dns_label(user_name, server_name) == label
+def test_dns_label_is_the_names_then_the_pair_hash(user_name, server_name, readable):
+    label = dns_label(user_name, server_name)
+    assert label == f"{readable}-{pair_hash(user_name, server_name)}"
 
 
 @pytest.mark.parametrize(
@@ -369,19 +375,33 @@ def test_dns_label_keeps_plain_names(user_name, server_name, label):
 )
 def test_dns_label_of_other_names_is_a_hashed_label(user_name, server_name):
     label = dns_label(user_name, server_name)
-    assert 0 < len(label) <= 63
+    assert 0 < len(label) <= 40  # room for a DNS plugin's prefix within 63
+    assert label.endswith(pair_hash(user_name, server_name))
+    assert "--" not in label
     assert set(label) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
     assert not label.startswith("-") and not label.endswith("-")
     assert dns_label(user_name, server_name) == label  # stable
 
 
 def test_dns_label_tells_similar_names_apart():
-    # not told apart: user "alice"'s server "gpu" and user "alice-gpu"'s default server,
-    # both "alice-gpu"
-    names = [("alice", "gpu"), ("Alice", "gpu"), ("alice.gpu", ""), ("alice", ""), ("ALICE", "")]
+    # user "bob-smith"'s default server and user "bob"'s server "smith" read alike
+    names = [
+        ("alice", "gpu"),
+        ("alice-gpu", ""),
+        ("Alice", "gpu"),
+        ("alice.gpu", ""),
+        ("alice", ""),
+        ("ALICE", ""),
+        ("bob-smith", ""),
+        ("bob", "smith"),
+        ("bob", "smith-"),
+        ("a-b", "c"),
+        ("a", "b-c"),
+    ]
     labels = [dns_label(user, server) for user, server in names]
     assert len(set(labels)) == len(names)
     assert dns_label("Alice", "gpu").startswith("alice-gpu-")  # readable, then the hash
+    assert dns_label("bob", "smith").startswith("bob-smith-")
 
 
 # --- distinguished names -----------------------------------------------------------------

@@ -13,7 +13,7 @@ from moto import mock_aws
 
 from mliy_spawner.assets import asset_dir
 from mliy_spawner.aws import make_client
-from mliy_spawner.plugins import PluginError, load_dns_plugin, run_dns
+from mliy_spawner.plugins import PluginError, dns_label, load_dns_plugin, run_dns
 
 ZONE = "nb.example.test"
 log = logging.getLogger("mliy.test")
@@ -68,9 +68,54 @@ def test_create_update_delete(route53, tmp_path):
     plugin.deleteDnsEntry("alice", "10.0.0.9")  # stop
     assert records(route53) == {(f"mliy-bob.{ZONE}.", "A"): (120, ["10.0.0.6"])}
     plugin.deleteDnsEntry("alice", "10.0.0.9")  # delete_forever after a stop: nothing left
-    plugin.deleteDnsEntry("carol", None)  # never created
-    plugin.deleteDnsEntry("bob", "10.0.0.1")  # the record holds another address: still gone
+    plugin.deleteDnsEntry("carol", "10.0.0.7")  # never created
+    plugin.deleteDnsEntry("bob", "10.0.0.6")
     assert records(route53) == {}
+
+
+def test_delete_leaves_a_record_that_points_elsewhere(route53, tmp_path, caplog):
+    plugin = load_dns_plugin(folder=str(route53_folder(tmp_path)))
+    plugin.createDnsEntry("bob", "10.0.0.6")
+    with caplog.at_level(logging.WARNING, logger="mliy.launch"):
+        plugin.deleteDnsEntry("bob", "10.0.0.1")  # not this server's address any more
+        plugin.deleteDnsEntry("bob", None)  # no address known: nothing to match
+        plugin.deleteDnsEntry("bob", "fd00::6")  # no AAAA record
+    assert records(route53) == {(f"mliy-bob.{ZONE}.", "A"): (120, ["10.0.0.6"])}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mliy.launch"]
+    assert warnings == [
+        f"DNS A mliy-bob.{ZONE}. left in place: it points at 10.0.0.6, not at this server's "
+        "10.0.0.1",
+        f"DNS mliy-bob.{ZONE}.: the server's address is unknown, so its record is left",
+    ]
+    with pytest.raises(ValueError, match="'bob': 'nowhere' is not an IP address"):
+        plugin.deleteDnsEntry("bob", "nowhere")
+    plugin.deleteDnsEntry("bob", "10.0.0.6")
+    assert records(route53) == {}
+
+
+def test_servers_whose_names_read_alike_keep_their_own_records(route53, tmp_path):
+    # the spawner names a server's record by plugins.dns_label(user, server)
+    plugin = load_dns_plugin(folder=str(route53_folder(tmp_path)))
+    servers = {
+        ("bob-smith", ""): "10.0.1.1",
+        ("bob", "smith"): "10.0.1.2",
+        ("alice", "gpu"): "10.0.1.3",
+        ("alice-gpu", ""): "10.0.1.4",
+        ("x" * 64, "y" * 100): "10.0.1.5",  # the longest label, 40 characters
+    }
+    label = {server: dns_label(*server) for server in servers}
+    for server, ip in servers.items():
+        plugin.createDnsEntry(label[server], ip)
+    expected = {
+        (f"mliy-{label[server]}.{ZONE}.", "A"): (120, [ip]) for server, ip in servers.items()
+    }
+    assert records(route53) == expected  # four records, each the label as given
+
+    plugin.deleteDnsEntry(label[("bob", "smith")], "10.0.1.2")  # bob stops "smith"
+    plugin.createDnsEntry(label[("alice", "gpu")], "10.0.1.9")  # alice resumes "gpu"
+    del expected[(f"mliy-{label[('bob', 'smith')]}.{ZONE}.", "A")]
+    expected[(f"mliy-{label[('alice', 'gpu')]}.{ZONE}.", "A")] = (120, ["10.0.1.9"])
+    assert records(route53) == expected  # bob-smith's and alice-gpu's records untouched
 
 
 def test_ipv6_gets_an_aaaa_record(route53, tmp_path):
