@@ -42,6 +42,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import re
+import stat
 import sys
 import threading
 import traceback
@@ -143,6 +144,32 @@ def _import_file(path, module_name):
     return module
 
 
+def writable_by_others(path):
+    """Whether ``path`` (followed if a symlink) is writable by its group or by others."""
+    return bool(path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _refuse_writable(paths):
+    """PluginError naming every path in ``paths`` that its group or others may write.
+
+    Plugin files run inside the hub, so whoever can change them (or add a file to the
+    folder) runs code as the hub.
+    """
+    loose = [
+        f"{path} ({stat.filemode(path.stat().st_mode)})"
+        for path in paths
+        if writable_by_others(path)
+    ]
+    if loose:
+        raise PluginError(
+            "refusing to load plugins that others may change: "
+            + ", ".join(loose)
+            + " can be written by their group or by everyone, and whoever writes a plugin "
+            "file runs code in the hub; make them writable by their owner only "
+            "(chmod go-w)"
+        )
+
+
 def _import_folder(folder):
     """Import every plugin file in ``folder`` once; return ``[(path, module)]``."""
     with _lock:
@@ -153,12 +180,13 @@ def _import_folder(folder):
         files = sorted(
             p for p in folder.glob("*.py") if p.name != SETTINGS_FILE and not p.name.startswith(".")
         )
+        settings_path = folder / SETTINGS_FILE
+        _refuse_writable([folder, *([settings_path] if settings_path.is_file() else []), *files])
         prefix = "_mliy_plugin_" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
         previous_settings = sys.modules.pop(SETTINGS_MODULE, None)
         settings = None
         loaded = []
         try:
-            settings_path = folder / SETTINGS_FILE
             if settings_path.is_file():
                 settings = _import_file(settings_path, f"{prefix}_settings")
                 sys.modules[SETTINGS_MODULE] = settings

@@ -163,6 +163,42 @@ def test_import_failure_carries_the_traceback(tmp_path):
     assert load_auth_plugin(folder=str(folder)).getAuthHeader() == "REMOTE_USER"
 
 
+@pytest.mark.parametrize("bits", [0o020, 0o002], ids=["group", "world"])
+@pytest.mark.parametrize(
+    "target, kind",
+    [(".", "auth"), ("names.py", "auth"), ("plugin_settings.py", "auth"), ("dns.py", "dns")],
+    ids=["folder", "plugin-file", "settings", "dns-file"],
+)
+def test_plugins_others_may_write_are_refused(tmp_path, target, kind, bits):
+    folder = fixture_folder("split", tmp_path)
+    path = (folder / target).resolve()
+    mode = path.stat().st_mode
+    path.chmod(mode | bits)
+    load = load_auth_plugin if kind == "auth" else load_dns_plugin
+    with pytest.raises(PluginError) as error:
+        load(folder=str(folder))
+    message = str(error.value)
+    assert f"{path} (" in message
+    assert "can be written by their group or by everyone" in message
+    assert "chmod go-w" in message
+    assert not (folder / "imports.log").exists()  # nothing ran
+
+    path.chmod(mode)  # fixed: the folder loads
+    assert load(folder=str(folder)).source
+
+
+def test_every_loose_plugin_file_is_named(tmp_path):
+    folder = fixture_folder("split", tmp_path)
+    for name in ("details.py", "dns.py"):
+        (folder / name).chmod(0o666)
+    with pytest.raises(PluginError) as error:
+        load_auth_plugin(folder=str(folder))
+    message = str(error.value)
+    assert f"{folder.resolve() / 'details.py'} (-rw-rw-rw-)" in message
+    assert f"{folder.resolve() / 'dns.py'} (-rw-rw-rw-)" in message
+    assert str(folder.resolve() / "names.py") not in message
+
+
 def test_an_endpoint_that_is_not_a_function_is_an_error(tmp_path):
     folder = tmp_path / "notfunc"
     folder.mkdir()
