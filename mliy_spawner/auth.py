@@ -37,7 +37,7 @@ from jupyterhub.handlers import BaseHandler
 from tornado import web
 from traitlets import List, TraitError, Unicode, default, observe, validate
 
-from .plugins import PluginError, load_auth_plugin
+from .plugins import PluginError, dn_key, load_auth_plugin
 from .util import control_character, shorten, user_error
 
 log = logging.getLogger("mliy.auth")
@@ -330,14 +330,55 @@ class MLiyAuthenticator(Authenticator):
 
     admin_group = Unicode(
         "",
-        help="""Directory group whose members are hub admins (exact, case-sensitive match).
+        help="""Directory group whose members are hub admins.
 
         When set, admin status follows the directory at every login: members become
         admins, everyone else loses admin unless listed in ``admin_users``. Empty (the
         default) grants nothing and leaves admin status to ``admin_users``.
-        Example: ``"hub-admins"``.
+
+        A full DN (``"cn=hub-admins,ou=groups,dc=corp,dc=example"``) matches the group
+        the plugin names by that DN, however it is spelled (case, spaces, escapes): the
+        sample plugins name groups by their DN unless ``AUTH_GROUP_BASE_DN`` is set.
+        Anything else is a group name, matched exactly and case-sensitively, e.g.
+        ``"hub-admins"`` with ``AUTH_GROUP_BASE_DN = "ou=groups,dc=corp,dc=example"``
+        (the CN of a group directly under that base DN). Never match a bare CN taken
+        from anywhere in the directory: whoever can create a group elsewhere would
+        become admin. See docs/plugins.md.
         """,
     ).tag(config=True)
+
+    @validate("admin_group")
+    def _validate_admin_group(self, proposal):
+        value = proposal.value.strip()
+        if "=" in value:
+            try:
+                dn_key(value)
+            except ValueError as e:
+                raise TraitError(
+                    f"MLiyAuthenticator.admin_group {proposal.value!r} looks like a DN but "
+                    f"does not parse ({e}); use e.g. 'cn=hub-admins,ou=groups,dc=corp,dc=example'"
+                    " or a plain group name"
+                ) from None
+        return value
+
+    def is_admin_group_member(self, groups):
+        """Whether ``groups`` (the names the plugin gave) hold :attr:`admin_group`.
+
+        A DN ``admin_group`` matches a group with the same :func:`dn_key`; a plain name
+        matches exactly.
+        """
+        if not self.admin_group:
+            return False
+        if "=" not in self.admin_group:
+            return self.admin_group in groups
+        wanted = dn_key(self.admin_group)
+        for group in groups:
+            try:
+                if dn_key(group) == wanted:
+                    return True
+            except ValueError:
+                continue  # a plain name is never the DN
+        return False
 
     @default("shared_secret")
     def _default_shared_secret(self):
@@ -553,7 +594,7 @@ class MLiyAuthenticator(Authenticator):
 
         groups = user_info["groups"]
         if self.admin_group:
-            admin = self.admin_group in groups or name in self.admin_users
+            admin = self.is_admin_group_member(groups) or name in self.admin_users
         else:
             admin = None  # JupyterHub decides from admin_users
         display = str(user_info.get("display_name") or name)

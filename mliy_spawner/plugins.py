@@ -561,6 +561,11 @@ def cn_groups(value, log=log):
     ``value`` holds DNs separated by ``;`` or newlines. A DN that does not parse or does
     not start with a CN is logged on ``log`` and left out; duplicates are dropped (the
     first one stays in place).
+
+    Kept for MLiy plugins. It takes a CN from *anywhere* in the directory: a user who can
+    create ``cn=hub-admins`` in some other branch gets the group ``hub-admins``. Use
+    :func:`dn_groups`, which takes CNs only under a base DN, for groups that grant
+    anything (admin, launch groups).
     """
     groups = []
     for dn in split_dn_list(value or ""):
@@ -577,6 +582,105 @@ def cn_groups(value, log=log):
     return list(dict.fromkeys(groups))
 
 
+def _escape_dn_value(value):
+    out = []
+    for i, c in enumerate(value):
+        if c in ',+"\\<>;=' or (c == " " and i in (0, len(value) - 1)) or (c == "#" and i == 0):
+            out.append("\\" + c)
+        elif c == "\0":
+            out.append("\\00")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def format_dn(rdns):
+    """RDNs (as :func:`parse_dn` gives them) as an RFC 4514 string, attribute types in
+    lower case: ``[[("CN", "a,b")], [("DC", "x")]]`` -> ``cn=a\\,b,dc=x``."""
+    return ",".join(
+        "+".join(f"{attr.lower()}={_escape_dn_value(value)}" for attr, value in rdn) for rdn in rdns
+    )
+
+
+def _rdns_key(rdns):
+    return tuple(
+        tuple(sorted((attr.casefold(), value.casefold()) for attr, value in rdn)) for rdn in rdns
+    )
+
+
+def dn_key(dn):
+    """A value that is equal for two spellings of one DN (case, spaces, escapes).
+
+    Attribute types and values compare case-insensitively, as directories compare
+    ``cn``, ``ou`` and ``dc``. Raises ValueError if ``dn`` does not parse.
+    """
+    return _rdns_key(parse_dn(dn))
+
+
+def base_dn_keys(base_dn, setting="the base DN"):
+    """The keys (:func:`dn_key`) of ``base_dn``: a DN, a list of DNs, or None (no base).
+
+    Raises ValueError naming ``setting`` when one is not a DN.
+    """
+    if base_dn is None:
+        return frozenset()
+    values = [base_dn] if isinstance(base_dn, str) else base_dn
+    if not isinstance(values, (list, tuple, set, frozenset)) or not values:
+        raise ValueError(
+            f"{setting} is {base_dn!r}; use a DN such as 'ou=groups,dc=corp,dc=example', a "
+            "list of DNs, or None"
+        )
+    keys = set()
+    for value in values:
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not text")
+            keys.add(dn_key(value))
+        except ValueError as e:
+            raise ValueError(
+                f"{setting} {value!r} is not a DN ({e}); use e.g. 'ou=groups,dc=corp,dc=example'"
+            ) from None
+    return frozenset(keys)
+
+
+def dn_groups(value, base_dn=None, log=log):
+    """Group names from a ``memberOf`` header that cannot be spoofed from elsewhere.
+
+    ``value`` holds DNs separated by ``;`` or newlines. ``base_dn`` is a DN, a list of DNs
+    or None:
+
+    - with a base DN, a group directly under it (``cn=data,<base DN>``) gives its CN
+      (``data``); groups anywhere else are left out, so a ``cn=hub-admins`` created in
+      another branch of the directory is not ``hub-admins``. Under one base DN a CN
+      names one entry.
+    - with None, every group is named by its full DN (:func:`format_dn`:
+      ``cn=data,ou=groups,dc=corp``), so names from different branches never merge.
+
+    A DN that does not parse (or, under a base DN, whose first part is not a single CN)
+    is logged on ``log`` and left out. Duplicates are dropped, the first stays in place.
+    """
+    bases = base_dn_keys(base_dn)
+    groups = {}  # key -> name
+    for dn in split_dn_list(value or ""):
+        try:
+            rdns = parse_dn(dn)
+        except ValueError as e:
+            log.warning("ignoring a group DN that does not parse: %s", e)
+            continue
+        if not bases:
+            groups.setdefault(_rdns_key(rdns), format_dn(rdns))
+            continue
+        if _rdns_key(rdns[1:]) not in bases:
+            log.debug("ignoring group DN %r: not directly under the group base DN", dn)
+            continue
+        first = rdns[0]
+        if len(first) != 1 or first[0][0].lower() != "cn" or not first[0][1]:
+            log.warning("ignoring group DN %r: its first part is not a single CN", dn)
+            continue
+        groups.setdefault(first[0][1], first[0][1])
+    return list(groups.values())
+
+
 __all__ = [
     "AUTH_ENTRY_POINT_GROUP",
     "AUTH_FUNCTIONS",
@@ -586,9 +690,13 @@ __all__ = [
     "AuthPlugin",
     "DnsPlugin",
     "PluginError",
+    "base_dn_keys",
     "cn_groups",
     "dns_display_name",
     "dns_label",
+    "dn_groups",
+    "dn_key",
+    "format_dn",
     "header_email",
     "header_text",
     "load_auth_plugin",

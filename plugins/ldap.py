@@ -10,8 +10,13 @@ Apache configuration):
 ``AUTHORIZE_MEMBEROF``      the user's group DNs, separated by ``;`` or newlines
                             (``AUTHENTICATE_MEMBEROF`` is read when it is absent)
 
-Each group is the CN of a DN's first part: ``CN=data-science,OU=Groups,DC=example,DC=com``
-gives ``data-science``. ``plugin_settings.AUTH_GROUP_PATTERN`` narrows the groups.
+Groups (:func:`mliy_spawner.plugins.dn_groups`): with ``plugin_settings.AUTH_GROUP_BASE_DN``
+set (e.g. ``"OU=Groups,DC=example,DC=com"``), a group directly under it is named by its CN
+(``CN=data-science,OU=Groups,DC=example,DC=com`` gives ``data-science``) and groups
+elsewhere in the directory are left out; without it every group is named by its full DN
+(``cn=data-science,ou=Groups,dc=example,dc=com``). A bare CN found anywhere never counts:
+whoever may create ``CN=hub-admins`` in another branch must not become admin.
+``plugin_settings.AUTH_GROUP_PATTERN`` then narrows the groups.
 """
 
 import logging
@@ -19,12 +24,14 @@ import re
 
 import plugin_settings
 
-from mliy_spawner.plugins import cn_groups, header_email, header_text
+from mliy_spawner.plugins import base_dn_keys, dn_groups, header_email, header_text
 
 log = logging.getLogger("mliy.auth")
 
 _pattern = getattr(plugin_settings, "AUTH_GROUP_PATTERN", None)
 GROUP_PATTERN = re.compile(_pattern) if _pattern else None
+GROUP_BASE_DN = getattr(plugin_settings, "AUTH_GROUP_BASE_DN", None)
+base_dn_keys(GROUP_BASE_DN, "plugin_settings.AUTH_GROUP_BASE_DN")  # a bad DN stops the hub
 
 
 def getAuthHeader():
@@ -45,9 +52,9 @@ def processAuthUserInfo(headers):
 
 
 def processAuthUserGroups(headers):
-    """The CN of every group DN in memberOf (filtered by AUTH_GROUP_PATTERN)."""
+    """The groups in memberOf (see the module docstring), filtered by AUTH_GROUP_PATTERN."""
     member_of = headers.get("AUTHORIZE_MEMBEROF") or headers.get("AUTHENTICATE_MEMBEROF", "")
-    groups = cn_groups(member_of, log)
+    groups = dn_groups(member_of, GROUP_BASE_DN, log)
     if GROUP_PATTERN is not None:
         groups = [group for group in groups if GROUP_PATTERN.search(group)]
     return groups

@@ -11,6 +11,22 @@ It is not a plugin itself. Change the values here, then restart the hub.
 # Example: r"^(jupyter-|hub-admins$)"
 AUTH_GROUP_PATTERN = None
 
+# Where the directory's hub groups live. With a DN (or a list of DNs) here, a group
+# directly under it is named by its CN ("cn=hub-admins,<this DN>" is "hub-admins") and
+# groups anywhere else are left out; None names every group by its full DN
+# ("cn=hub-admins,ou=groups,dc=corp,dc=example"). A CN alone never counts: a user who
+# can create groups in another branch could otherwise name one "hub-admins".
+# Example: "ou=groups,dc=corp,dc=example"
+AUTH_GROUP_BASE_DN = None
+
+# --- isso.py -------------------------------------------------------------------------------
+
+# The domains whose users may sign in (required to use isso.py), the primary domain first.
+# Users of the primary domain are named without it (alice@corp.example.com -> alice);
+# users of the others keep it (alice@partner.example.com), so they never merge; users of
+# any other domain are refused. Example: ["corp.example.com", "partner.example.com"]
+ISSO_ALLOWED_DOMAINS = []
+
 # --- route53.py --------------------------------------------------------------------------
 
 # The hosted zone that receives one A record per notebook server (required to use

@@ -249,6 +249,52 @@ async def test_admin_from_the_admin_group(split_plugin, admin_group, admin_users
     assert model["admin"] is admin
 
 
+ADMINS_DN = "cn=hub-admins,ou=groups,dc=corp,dc=example"
+GROUPS_BASE = "AUTH_GROUP_BASE_DN = 'OU=Groups,DC=corp,DC=example'\n"
+
+
+@pytest.mark.parametrize(
+    "settings, admin_group, member_of, admin",
+    [
+        ("", ADMINS_DN, "CN=Hub-Admins, OU=Groups,DC=corp,DC=example", True),  # same DN
+        ("", ADMINS_DN, "CN=hub-admins,OU=users-own,DC=corp,DC=example", False),
+        ("", ADMINS_DN, "CN=hub-admins,OU=Groups,DC=corp,DC=example,DC=evil", False),
+        ("", "hub-admins", "CN=hub-admins,OU=users-own,DC=corp,DC=example", False),
+        ("", "hub-admins", "CN=hub-admins,OU=Groups,DC=corp,DC=example", False),
+        (GROUPS_BASE, "hub-admins", "CN=hub-admins,OU=Groups,DC=corp,DC=example", True),
+        (GROUPS_BASE, "hub-admins", "CN=hub-admins,OU=users-own,DC=corp,DC=example", False),
+    ],
+    ids=[
+        "dn-member",
+        "dn-look-alike",
+        "dn-longer",
+        "cn-setting-dn-groups",
+        "cn-setting-dn-groups-real",
+        "base-member",
+        "base-look-alike",
+    ],
+)
+async def test_admin_group_is_one_directory_entry(
+    tmp_path, settings, admin_group, member_of, admin
+):
+    # a user who may create groups in their own branch (ou=users-own) names one hub-admins
+    folder = tmp_path / "ldap"
+    folder.mkdir()
+    shutil.copy(asset_dir("plugins") / "ldap.py", folder / "ldap.py")
+    (folder / "plugin_settings.py").write_text(settings)
+    auth = MLiyAuthenticator(plugin_folder=str(folder), admin_group=admin_group)
+    model = await auth.authenticate(
+        fake_handler({"REMOTE_USER": "trudy", "AUTHORIZE_MEMBEROF": member_of})
+    )
+    assert model["admin"] is admin
+
+
+def test_admin_group_that_looks_like_a_bad_dn_is_refused():
+    with pytest.raises(TraitError, match="MLiyAuthenticator.admin_group 'cn=a,,dc=x' looks"):
+        MLiyAuthenticator(admin_group="cn=a,,dc=x")
+    assert MLiyAuthenticator(admin_group=" hub-admins ").admin_group == "hub-admins"
+
+
 async def test_plugin_permission_error_is_a_403(split_plugin):
     auth = MLiyAuthenticator(plugin_folder=str(split_plugin))
     with pytest.raises(web.HTTPError) as error:
@@ -403,7 +449,9 @@ def hub(tmp_path_factory):
     plugins = tmp / "plugins"
     plugins.mkdir()
     shutil.copy(asset_dir("plugins") / "ldap.py", plugins / "ldap.py")
-    (plugins / "plugin_settings.py").write_text("AUTH_GROUP_PATTERN = None\n")
+    (plugins / "plugin_settings.py").write_text(
+        "AUTH_GROUP_PATTERN = None\nAUTH_GROUP_BASE_DN = 'OU=Groups,DC=corp,DC=example'\n"
+    )
     config, ports = write_hub_config(
         tmp, HUB_SETTINGS, tmp=tmp, plugins=plugins, secret=SECRET, token=SERVICE_TOKEN
     )
@@ -482,6 +530,14 @@ def test_group_sync_follows_the_directory(hub):
 
     assert login(hub, "bob", "").status_code == 302
     assert hub.get("/users/bob")["groups"] == []
+
+
+def test_a_look_alike_admin_group_grants_nothing(hub):
+    # trudy may create groups in her own branch of the directory
+    own = "CN=hub-admins,OU=users-own,DC=corp,DC=example"
+    assert login(hub, "trudy", ";".join([own, dns("research")])).status_code == 302
+    user = hub.get("/users/trudy")
+    assert (user["groups"], user["admin"]) == (["research"], False)
 
 
 def test_untrusted_address_gets_403(hub):

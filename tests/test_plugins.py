@@ -21,9 +21,13 @@ from mliy_spawner.plugins import (
     AuthPlugin,
     DnsPlugin,
     PluginError,
+    base_dn_keys,
     cn_groups,
+    dn_groups,
+    dn_key,
     dns_display_name,
     dns_label,
+    format_dn,
     header_email,
     header_text,
     load_auth_plugin,
@@ -529,6 +533,60 @@ def test_cn_groups_drops_repeats_and_keeps_the_first_order():
     assert cn_groups(value, log) == ["b", "a", "c", "B"]
 
 
+def test_dn_groups_under_a_base_dn(caplog):
+    value = ";".join(
+        [
+            "CN=data,OU=Groups,DC=corp",
+            "CN=hub-admins,OU=users-own,DC=corp",  # another branch: not a group here
+            "cn=Data,ou=groups,dc=CORP",  # the same entry spelled otherwise: kept once
+            r"CN=Smith\, John,OU=Groups,DC=corp",
+            "CN=a+UID=7,OU=Groups,DC=corp",  # multi-valued: refused
+            "OU=Sub,OU=Groups,DC=corp",  # not a CN
+            "garbage",
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="mliy.test"):
+        groups = dn_groups(value, "OU=Groups,DC=corp", log)
+    assert groups == ["data", "Data", "Smith, John"]
+    assert len([r for r in caplog.records if r.name == "mliy.test"]) == 3
+    assert dn_groups("", "OU=Groups,DC=corp") == []
+
+
+def test_dn_groups_without_a_base_dn_are_full_dns():
+    value = r"CN=data,OU=Groups,DC=corp;cn = data , ou=groups,dc=corp;CN=a\,b+UID=7,DC=x"
+    assert dn_groups(value, None, log) == ["cn=data,ou=Groups,dc=corp", r"cn=a\,b+uid=7,dc=x"]
+
+
+@pytest.mark.parametrize(
+    "dn",
+    [r"CN=\ a\,b\+c\\d\"\<\>\;\=#x\ ,DC=x", r"CN=\#a,DC=x", "CN=a\\00b,DC=x", "CN=café,DC=x"],
+    ids=["specials", "hash", "nul", "utf8"],
+)
+def test_format_dn_round_trips(dn):
+    rdns = parse_dn(dn)
+    assert dn_key(format_dn(rdns)) == dn_key(dn)
+    assert parse_dn(format_dn(rdns))[0][0][1] == rdns[0][0][1]
+
+
+def test_dn_key_ignores_case_and_spaces():
+    assert dn_key("CN=Hub-Admins, OU=Groups,DC=corp") == dn_key("cn=hub-admins,ou=groups,dc=CORP")
+    assert dn_key("CN=hub-admins,OU=Groups,DC=corp") != dn_key("CN=hub-admins,OU=own,DC=corp")
+
+
+@pytest.mark.parametrize(
+    "base_dn, match",
+    [
+        ("ou=a,,dc=x", "is not a DN"),
+        ([], "is \\[\\]; use a DN"),
+        (7, "is 7; use a DN"),
+        ([7], "7 is not text"),
+    ],
+)
+def test_base_dn_keys_names_the_setting(base_dn, match):
+    with pytest.raises(ValueError, match="^THE_SETTING .*" + match):
+        base_dn_keys(base_dn, "THE_SETTING")
+
+
 def test_header_text_and_email():
     h = headers(
         ("Name", "  Ada\u200d \tLove\x00lace\r\n "),
@@ -547,7 +605,8 @@ def test_header_text_and_email():
 
 
 def test_ldap_sample(tmp_path):
-    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "ldap.py")))
+    folder = sample_folder(tmp_path, "ldap.py", settings='AUTH_GROUP_BASE_DN = "OU=G,DC=x"\n')
+    plugin = load_auth_plugin(folder=str(folder))
     assert plugin.getAuthHeader() == "REMOTE_USER"
     h = headers(
         ("REMOTE_USER", " jdoe "),
@@ -563,7 +622,7 @@ def test_ldap_sample(tmp_path):
         "display_name": "José Doe",
         "email": "jdoe@example.com",
     }
-    assert plugin.processAuthUserGroups(h) == ["a", "Smith, J", "b"]
+    assert plugin.processAuthUserGroups(h) == ["a", "Smith, J"]  # CN=b is not under OU=G
     assert plugin.configureAuthUser({"name": "jdoe"}) is None
 
 
@@ -576,35 +635,83 @@ def test_ldap_sample_hostile_and_missing_headers(tmp_path):
     )
     info = plugin.processAuthUserInfo(h)
     assert info == {"first_name": "", "last_name": "", "display_name": "", "email": ""}
-    assert plugin.processAuthUserGroups(h) == ["fallback"]
+    assert plugin.processAuthUserGroups(h) == ["cn=fallback,dc=x"]  # no base DN: full DNs
     assert plugin.processAuthUserGroups(headers(("REMOTE_USER", "x"))) == []
 
 
 def test_ldap_sample_group_pattern(tmp_path):
-    folder = sample_folder(tmp_path, "ldap.py", settings='AUTH_GROUP_PATTERN = r"^jupyter-"\n')
+    settings = 'AUTH_GROUP_PATTERN = r"^jupyter-"\nAUTH_GROUP_BASE_DN = "DC=x"\n'
+    folder = sample_folder(tmp_path, "ldap.py", settings=settings)
     plugin = load_auth_plugin(folder=str(folder))
     h = headers(("AUTHORIZE_MEMBEROF", "CN=jupyter-gpu,DC=x;CN=payroll,DC=x;CN=x-jupyter-,DC=x"))
     assert plugin.processAuthUserGroups(h) == ["jupyter-gpu"]
 
 
+ISSO_SETTINGS = 'ISSO_ALLOWED_DOMAINS = ["Corp.Example.com.", "partner.example.com"]\n'
+
+
+def isso_plugin(tmp_path, settings=ISSO_SETTINGS):
+    return load_auth_plugin(folder=str(sample_folder(tmp_path, "isso.py", settings=settings)))
+
+
 @pytest.mark.parametrize(
     "upn, expected",
     [
-        ("alice@corp.example.com", "alice"),
-        ("  Alice@CORP ", "Alice"),
-        ("alice", "alice"),
-        ("@corp.example.com", ""),
-        ("a@b@corp", "a@b"),
-        ("../x@corp", "../x"),
+        ("alice@corp.example.com", "alice"),  # the primary domain is dropped
+        ("  Alice@CORP.example.COM ", "Alice"),
+        ("alice@partner.example.com", "alice@partner.example.com"),  # others stay
+        ("alice@Partner.Example.com.", "alice@partner.example.com"),
+        ("../x@corp.example.com", "../x"),  # the authenticator's name rule refuses it
     ],
 )
-def test_isso_sample_drops_the_domain(tmp_path, upn, expected):
-    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "isso.py")))
-    assert plugin.cleanAuthUsername(upn) == expected
+def test_isso_sample_names(tmp_path, upn, expected):
+    assert isso_plugin(tmp_path).cleanAuthUsername(upn) == expected
+
+
+@pytest.mark.parametrize(
+    "upn, match",
+    [
+        ("alice@evil.example.com", "domain 'evil.example.com' cannot sign in"),
+        ("alice@corp.example.com.evil", "domain 'corp.example.com.evil' cannot sign in"),
+        ("alice@example.com", "domain 'example.com' cannot sign in"),
+        ("alice", "not of the form user@domain"),
+        ("@corp.example.com", "not of the form user@domain"),
+        ("alice@partner.example.com@corp.example.com", "not of the form user@domain"),
+        ("alice@", "not of the form user@domain"),
+    ],
+    ids=["other-domain", "suffixed", "parent-domain", "no-domain", "no-user", "two-at", "empty"],
+)
+def test_isso_sample_refuses_other_domains(tmp_path, upn, match):
+    with pytest.raises(PermissionError, match=match) as error:
+        isso_plugin(tmp_path).cleanAuthUsername(upn)
+    assert "corp.example.com, partner.example.com" in str(error.value)
+
+
+def test_isso_sample_keeps_users_of_two_domains_apart(tmp_path):
+    plugin = isso_plugin(tmp_path)
+    upns = ["alice@corp.example.com", "alice@partner.example.com"]
+    assert len({plugin.cleanAuthUsername(upn) for upn in upns}) == 2
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ("", "ISSO_ALLOWED_DOMAINS is None; list the domains"),
+        ("ISSO_ALLOWED_DOMAINS = []\n", "ISSO_ALLOWED_DOMAINS is \\[\\]; list the domains"),
+        ("ISSO_ALLOWED_DOMAINS = 'corp.example.com'\n", "is 'corp.example.com'; list"),
+        ("ISSO_ALLOWED_DOMAINS = ['bad domain']\n", "holds 'bad domain', which is not"),
+        ("ISSO_ALLOWED_DOMAINS = [None]\n", "holds None, which is not"),
+    ],
+    ids=["missing", "empty", "text", "bad-domain", "not-text"],
+)
+def test_isso_sample_needs_allowed_domains(tmp_path, settings, match):
+    with pytest.raises(PluginError, match=match):
+        isso_plugin(tmp_path, settings)
 
 
 def test_isso_sample_details(tmp_path):
-    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, "isso.py")))
+    settings = ISSO_SETTINGS + 'AUTH_GROUP_BASE_DN = "OU=Groups,DC=corp"\n'
+    plugin = isso_plugin(tmp_path, settings)
     assert plugin.getAuthHeader() == "USERPRINCIPALNAME"
     h = headers(
         ("USERPRINCIPALNAME", "alice@corp.example.com"),
@@ -623,9 +730,53 @@ def test_isso_sample_details(tmp_path):
     assert plugin.processAuthUserGroups(h) == ["research"]
 
 
+ADMINS = "CN=hub-admins,OU=Groups,DC=corp,DC=example"
+LOOK_ALIKE = "CN=hub-admins,OU=users-own,DC=corp,DC=example"
+
+
+@pytest.mark.parametrize(
+    "sample, header", [("ldap.py", "AUTHORIZE_MEMBEROF"), ("isso.py", "MEMBEROF")]
+)
+@pytest.mark.parametrize(
+    "base_dn, member_of, groups",
+    [
+        ("OU=Groups,DC=corp,DC=example", [ADMINS], ["hub-admins"]),
+        ("ou=groups, dc=CORP,dc=example", [ADMINS], ["hub-admins"]),  # spelled otherwise
+        ("OU=Groups,DC=corp,DC=example", [LOOK_ALIKE], []),
+        ("OU=Groups,DC=corp,DC=example", [LOOK_ALIKE, ADMINS], ["hub-admins"]),
+        ("OU=Groups,DC=corp,DC=example", ["CN=hub-admins,OU=x,OU=Groups,DC=corp,DC=example"], []),
+        (
+            ["OU=Groups,DC=corp,DC=example", "OU=Teams,DC=corp,DC=example"],
+            [LOOK_ALIKE, "CN=gpu,OU=Teams,DC=corp,DC=example"],
+            ["gpu"],
+        ),
+        (
+            None,
+            [LOOK_ALIKE, ADMINS],
+            [
+                "cn=hub-admins,ou=users-own,dc=corp,dc=example",
+                "cn=hub-admins,ou=Groups,dc=corp,dc=example",
+            ],
+        ),
+    ],
+    ids=["base", "base-spelling", "elsewhere", "both", "deeper", "two-bases", "no-base"],
+)
+def test_sample_groups_under_the_base_dn_only(tmp_path, sample, header, base_dn, member_of, groups):
+    settings = f"AUTH_GROUP_BASE_DN = {base_dn!r}\n" + ISSO_SETTINGS
+    plugin = load_auth_plugin(folder=str(sample_folder(tmp_path, sample, settings=settings)))
+    assert plugin.processAuthUserGroups(headers((header, ";".join(member_of)))) == groups
+
+
+@pytest.mark.parametrize("sample", ["ldap.py", "isso.py"])
+def test_sample_with_a_bad_base_dn_stops_the_hub(tmp_path, sample):
+    settings = 'AUTH_GROUP_BASE_DN = "ou=groups,,dc=x"\n' + ISSO_SETTINGS
+    with pytest.raises(PluginError, match="AUTH_GROUP_BASE_DN 'ou=groups,,dc=x' is not a DN"):
+        load_auth_plugin(folder=str(sample_folder(tmp_path, sample, settings=settings)))
+
+
 def test_ldap_and_isso_in_one_folder_clash(tmp_path):
     # both define the auth functions: a folder holds one auth plugin
-    folder = sample_folder(tmp_path, "ldap.py", "isso.py")
+    folder = sample_folder(tmp_path, "ldap.py", "isso.py", settings=ISSO_SETTINGS)
     with pytest.raises(PluginError) as error:
         load_auth_plugin(folder=str(folder))
     for name in AUTH_FUNCTIONS:
