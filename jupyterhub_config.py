@@ -119,6 +119,9 @@ if DEMO_SETTINGS:
         "port": demo["service_port"],
         "log_dir": str(data / "logs"),
         "aws_endpoint_url": aws["endpoint_url"],
+        # the demo's instances run on this machine and fetch their token from 127.0.0.1,
+        # not from the private address moto gives them
+        "environment": {"MLIY_BOOTSTRAP_CHECK_ADDRESS": "0"},
     }
     cull = {"timeout": demo["cull_timeout"], "every": demo["cull_every"]}
 

@@ -49,7 +49,7 @@ async def wait_for_boot(
 ):
     """Emit the instance's reported steps until it reports 100 %; raise on a failed step.
 
-    ``emit(message, percent)`` records a progress event; ``check_alive()`` raises when the
+    ``emit(message, percent)`` records a progress event; ``await check_alive()`` raises when the
     instance went away meanwhile; ``limit`` bounds the wait in seconds. When the instance
     reports nothing at all for ``silence_limit`` seconds (its script does not report, or
     cannot reach the service), stop waiting and let the hub wait for the server itself.
@@ -68,7 +68,7 @@ async def wait_for_boot(
                 raise BootFailed(record.step)
             if is_done(record):
                 return
-        check_alive()
+        await check_alive()
         now = time.monotonic()
         if not after and silence_limit is not None and now - started > silence_limit:
             if log is not None:

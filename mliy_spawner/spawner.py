@@ -47,6 +47,7 @@ from traitlets import (
 from . import (
     aws,
     boot,
+    bootstrap,
     configs,
     form,
     logs,
@@ -59,6 +60,7 @@ from . import (
 )
 from .progress import LaunchProgress
 from .reflector import Reflector, shared_reflector
+from .service import server_token_scopes
 from .store import shared_store, store_url_from_env
 from .util import backoff, run_blocking, user_error
 
@@ -287,6 +289,14 @@ class MLiySpawner(Spawner):
         """,
     ).tag(config=True)
 
+    @validate("replacement_tokens")
+    def _validate_replacement_tokens(self, proposal):
+        try:
+            configs.check_replacement_tokens(proposal.value, self.parsed_configs)
+        except configs.ConfigError as e:
+            raise TraitError(str(e)) from None
+        return proposal.value
+
     # ---- placement and networking --------------------------------------------------
 
     subnet_id = Unicode(
@@ -396,6 +406,22 @@ class MLiySpawner(Spawner):
         allow_none=True,
         help="The Store (mliy_spawner.store); None: the process's shared one for store_url.",
     )
+
+    bootstrap_code_ttl = Float(
+        float(bootstrap.DEFAULT_TTL),
+        help="""Seconds an instance has to fetch its server's API token with its one-time code.
+
+        User data carries no token: it can be read by anyone allowed
+        ec2:DescribeInstanceAttribute. It carries a one-time code that the instance's boot
+        script trades at the `mliy` service for the token, once, from the instance's own
+        private address. A code not used in this time is refused, and the spawn fails
+        saying so. Default: 1200.0 (20 minutes).
+
+        Example::
+
+            c.MLiySpawner.bootstrap_code_ttl = 600
+        """,
+    ).tag(config=True)
 
     wait_for_boot = Bool(
         True,
@@ -540,6 +566,12 @@ class MLiySpawner(Spawner):
     def _default_will_resume(self):
         # the stopped instance keeps its environment, API token included
         return self.stop_action == "stop"
+
+    @default("server_token_scopes")
+    def _default_server_token_scopes(self):
+        # the hub's "server" role plus custom:mliy-progress!server (once configure_service
+        # defined it): only this server's own token may report its progress
+        return server_token_scopes
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -975,10 +1007,34 @@ class MLiySpawner(Spawner):
         return user_error(500, message, "user-data")
 
     async def _render_user_data(self, choice):
+        """The user data: the configuration's script with the server's environment, and
+        in place of the server's API token a one-time code to fetch it with (user data
+        is readable by anyone with ec2:DescribeInstanceAttribute)."""
+        if not self._service_url():
+            raise user_error(
+                500,
+                "The hub is misconfigured: neither MLiySpawner.service_url nor "
+                "JupyterHub.public_url is set, so a new instance could not fetch its API "
+                "token from the mliy service.",
+                "no-service-url",
+            )
         script = await run_blocking(Path(choice.config.user_data).read_text)
         volume = choice.config.volume
+        hub_env = self.get_env()
+        token = hub_env.pop("JUPYTERHUB_API_TOKEN", None) or self.api_token
+        hub_env.pop("JPY_API_TOKEN", None)
+        code = bootstrap.new_code()
+        await run_blocking(
+            self.store.add_bootstrap_code,
+            bootstrap.code_id(code),
+            self.user.name,
+            self.name or "",
+            bootstrap.seal(code, token),
+            self.bootstrap_code_ttl,
+        )
+        hub_env["MLIY_BOOTSTRAP_CODE"] = code
         env = userdata.instance_environment(
-            self.get_env(),
+            hub_env,
             service_url=self._service_url(),
             notebook_port=self.notebook_port,
             user_name=self.user.name,
@@ -1119,11 +1175,23 @@ class MLiySpawner(Spawner):
             self._progress.emit(f"Instance {instance.instance_id} is {instance.state}", percent)
         return stacks.ready_instance(self.stack.stack_name, stack, instance)
 
-    def _check_alive(self):
+    async def _check_alive(self):
+        """While the instance boots: raise when it, its stack or its token exchange failed."""
         stacks.check_alive(
             self.reflector.stacks.get(self.stack.stack_id),
             self.reflector.instances.get(self.stack.instance_id),
         )
+        await self._record_owner()  # the address, once AWS reports it
+        code = await run_blocking(self.store.server_bootstrap_code, self.user.name, self.name)
+        if code is None or code.used is not None:
+            return
+        if code.refused:
+            raise boot.BootFailed(f"its bootstrap code was refused ({code.refused})")
+        if code.expired():
+            raise boot.BootFailed(
+                f"it did not fetch its API token within {self.bootstrap_code_ttl:.0f} s "
+                "(can it reach MLiySpawner.service_url?)"
+            )
 
     _following_events = False  # a new stack is being created: show its events
 
@@ -1138,13 +1206,18 @@ class MLiySpawner(Spawner):
                 log.debug("Reading events of %s failed: %s", self.stack.stack_name, e)
             else:
                 self._progress.add_stack_events(events)
-        if self.stack.instance_id and self._owner_recorded != self.stack.instance_id:
+        if self.stack.instance_id:
             await self._record_owner()
 
-    _owner_recorded = None
+    _owner_recorded = None  # (instance id, private address) last told to the store
 
     async def _record_owner(self):
-        """Tell the store (and so the mliy service) which server owns the instance."""
+        """Tell the store (and so the mliy service) which server owns the instance, and
+        bind the server's bootstrap code to it and to its private address."""
+        instance = self.reflector.instances.get(self.stack.instance_id)
+        seen = (self.stack.instance_id, instance.private_ip if instance else None)
+        if not self.stack.instance_id or seen == self._owner_recorded:
+            return
         await run_blocking(
             self.store.record_instance,
             self.stack.instance_id,
@@ -1153,7 +1226,8 @@ class MLiySpawner(Spawner):
             self.stack.stack_id,
             self.stack.region or self.region,
         )
-        self._owner_recorded = self.stack.instance_id
+        await run_blocking(self.store.bind_bootstrap_code, self.user.name, self.name or "", *seen)
+        self._owner_recorded = seen
 
     async def _failure_reason(self, fallback):
         """The first failed resource's reason, from the stack's events."""
@@ -1188,12 +1262,16 @@ class MLiySpawner(Spawner):
             self.stack.delete_pending = True
             return
         self.reflector.watch(self.stack.stack_id, changed=True)
-        if self.stack.instance_id:
-            try:  # the service no longer needs to know whose instance it was
+        try:  # the service no longer needs to know whose instance it was
+            await self._forget_bootstrap_codes()
+            if self.stack.instance_id:
                 await run_blocking(self.store.forget_instance, self.stack.instance_id)
-            except Exception as e:
-                log.warning("Forgetting instance %s: %s", self.stack.instance_id, e)
+        except Exception as e:
+            log.warning("Forgetting instance %s: %s", self.stack.instance_id, e)
         self.stack.forget()
+
+    async def _forget_bootstrap_codes(self):
+        await run_blocking(self.store.forget_bootstrap_codes, self.user.name, self.name or "")
 
     # ---- addresses and DNS -----------------------------------------------------------------
 
@@ -1265,6 +1343,7 @@ class MLiySpawner(Spawner):
             return
         await self._connect()
         await self._dns_on_stop()
+        await self._forget_bootstrap_codes()  # a code not used by now never will be
         if self.stop_action == "terminate" or self.stack.delete_pending:
             await self._delete_stack()
             return

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import (
@@ -88,6 +88,43 @@ progress = Table(
 )
 
 
+bootstrap_codes = Table(
+    "bootstrap_codes",
+    metadata,
+    # the code's hash (bootstrap.code_id); the code itself is never stored
+    Column("code_id", String(64), primary_key=True),
+    Column("user", String(255), nullable=False, index=True),
+    Column("server_name", String(255), nullable=False, default=""),
+    # set by the spawner once it sees the stack's instance: the code is valid for it alone
+    Column("instance_id", String(64), nullable=True),
+    Column("private_ip", String(64), nullable=True),
+    # the server's API token sealed under the code (bootstrap.seal); emptied when used
+    Column("sealed_token", String(4096), nullable=False, default=""),
+    Column("expires", DateTime, nullable=False),
+    Column("used", DateTime, nullable=True),
+    # why the service refused an exchange, for the spawner to show
+    Column("refused", String(255), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class BootstrapCode:
+    """One row of ``bootstrap_codes``: a server's one-time code, as its hash."""
+
+    code_id: str
+    user: str
+    server_name: str
+    instance_id: str | None
+    private_ip: str | None
+    sealed_token: str
+    expires: datetime
+    used: datetime | None
+    refused: str | None
+
+    def expired(self, now=None):
+        return (now or datetime.now(UTC)) >= self.expires
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """One row of ``instances``: the server that owns an instance."""
@@ -133,6 +170,10 @@ def _instance(row):
 
 def _progress(row):
     return _record(ProgressRecord, row, failed=bool(row.failed), created=_aware(row.created))
+
+
+def _bootstrap_code(row):
+    return _record(BootstrapCode, row, expires=_aware(row.expires), used=_aware(row.used))
 
 
 def default_store_url(hub_db_url=None):
@@ -332,6 +373,96 @@ class Store:
                 delete(instances).where(instances.c.instance_id == instance_id)
             ).rowcount
         return bool(found)
+
+    # bootstrap codes ------------------------------------------------------------------
+
+    def add_bootstrap_code(self, code_id, user, server_name, sealed_token, ttl):
+        """Keep a new code for ``user``'s server (replacing its earlier ones), valid for
+        ``ttl`` seconds, with the server's API token sealed under it."""
+        now = _now()
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                delete(bootstrap_codes).where(
+                    (bootstrap_codes.c.user == user)
+                    & (bootstrap_codes.c.server_name == (server_name or ""))
+                )
+            )
+            conn.execute(
+                insert(bootstrap_codes).values(
+                    code_id=code_id,
+                    user=user,
+                    server_name=server_name or "",
+                    sealed_token=sealed_token,
+                    expires=now + timedelta(seconds=ttl),
+                )
+            )
+
+    def bind_bootstrap_code(self, user, server_name, instance_id, private_ip):
+        """The server's unused code is for ``instance_id``, which asks from ``private_ip``."""
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                update(bootstrap_codes)
+                .where(
+                    (bootstrap_codes.c.user == user)
+                    & (bootstrap_codes.c.server_name == (server_name or ""))
+                    & bootstrap_codes.c.used.is_(None)
+                )
+                .values(instance_id=instance_id, private_ip=private_ip)
+            )
+
+    def bootstrap_code(self, code_id):
+        """The :class:`BootstrapCode` of that hash, or None."""
+        with self._read() as conn, conn.begin():
+            row = conn.execute(
+                select(bootstrap_codes).where(bootstrap_codes.c.code_id == code_id)
+            ).first()
+        return _bootstrap_code(row) if row else None
+
+    def server_bootstrap_code(self, user, server_name):
+        """The server's latest code (used or not), or None."""
+        with self._read() as conn, conn.begin():
+            row = conn.execute(
+                select(bootstrap_codes).where(
+                    (bootstrap_codes.c.user == user)
+                    & (bootstrap_codes.c.server_name == (server_name or ""))
+                )
+            ).first()
+        return _bootstrap_code(row) if row else None
+
+    def use_bootstrap_code(self, code_id):
+        """Mark the code used and return its sealed token; None if it was used already
+        (two requests at once: exactly one gets the token)."""
+        with self._write() as conn, conn.begin():
+            row = conn.execute(
+                select(bootstrap_codes).where(bootstrap_codes.c.code_id == code_id)
+            ).first()
+            if row is None or row.used is not None:
+                return None
+            conn.execute(
+                update(bootstrap_codes)
+                .where((bootstrap_codes.c.code_id == code_id) & bootstrap_codes.c.used.is_(None))
+                .values(used=_now(), sealed_token="")
+            )
+        return row.sealed_token
+
+    def refuse_bootstrap_code(self, code_id, reason):
+        """Note why an exchange of this code was refused (the spawner shows it)."""
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                update(bootstrap_codes)
+                .where(bootstrap_codes.c.code_id == code_id)
+                .values(refused=reason[:255])
+            )
+
+    def forget_bootstrap_codes(self, user, server_name):
+        """The server stopped or went away: its codes are no use to anyone."""
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                delete(bootstrap_codes).where(
+                    (bootstrap_codes.c.user == user)
+                    & (bootstrap_codes.c.server_name == (server_name or ""))
+                )
+            )
 
     # progress -------------------------------------------------------------------------
 

@@ -108,6 +108,9 @@ def spawner_config(aws_env):
         },
         "wait_backoff_start": 0.05,
         "wait_backoff_max": 0.2,
+        # nothing listens there: tests of the boot wait turn it on and report themselves
+        "service_url": "http://127.0.0.1:9/services/mliy/",
+        "wait_for_boot": False,
     }
 
 

@@ -248,6 +248,7 @@ async def test_failed_orphan_of_a_crashed_hub_is_replaced(aws_env, make_spawner)
     # a hub created the stack, then died before saving its state; the stack then failed
     crashed = make_spawner()
     await crashed._run_apply_user_options({})
+    await crashed._connect()
     await crashed._launch(crashed._launch_choice)
     orphan = crashed.stack.stack_id
     moto_stack(orphan).status = "ROLLBACK_COMPLETE"

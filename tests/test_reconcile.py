@@ -587,6 +587,7 @@ def moto_stack(stack_id):
 async def create_like_the_spawner(spawner, hub="mliy"):
     """CreateStack exactly as MLiySpawner._launch does, and no state saved: a hub that
     crashed between the two."""
+    await spawner._connect()
     await spawner._run_apply_user_options({})
     choice = spawner._launch_choice
     name = stacks.stack_name("mliy", hub, spawner.user.name, spawner.name or "")

@@ -3,12 +3,13 @@
 import asyncio
 import base64
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
 from tornado import web
 
-from mliy_spawner import stacks
+from mliy_spawner import bootstrap, stacks
 from mliy_spawner.spawner import MLiySpawner
 
 
@@ -61,18 +62,22 @@ async def test_start_stop_resume_delete(aws_env, make_spawner):
     )["Volumes"]
     assert sorted(v["Size"] for v in volumes)[-1] == 30
 
-    # the user data is the script with the preamble; the token is in it, nowhere else
+    # the user data is the script with the preamble: a one-time code, never the token
     raw = aws_env.ec2.describe_instance_attribute(
         InstanceId=spawner.stack.instance_id, Attribute="userData"
     )["UserData"]["Value"]
     script = base64.b64decode(raw).decode()
-    assert "export JUPYTERHUB_API_TOKEN=secret-api-token-0123456789" in script
-    # only in the NoEcho user-data parameters (moto does not mask NoEcho values; AWS does)
-    leaky = {k: v for k, v in params.items() if not k.startswith("UserData")}
-    assert "secret-api-token" not in json.dumps(leaky)
-    assert "secret-api-token" not in json.dumps(
-        {k: v for k, v in stack.items() if k != "Parameters"}, default=str
-    )
+    assert "secret-api-token" not in script and "export JUPYTERHUB_API_TOKEN" not in script
+    [code] = re.findall(r"^export MLIY_BOOTSTRAP_CODE=(\S+)$", script, re.M)
+    assert "secret-api-token" not in json.dumps(params)
+    assert "secret-api-token" not in json.dumps(stack, default=str)
+    # the store has the code's hash and the token sealed under the code, bound to the
+    # instance once the spawner saw it
+    saved = spawner.store.server_bootstrap_code("alice", "gpu")
+    assert saved.code_id == bootstrap.code_id(code) and code not in repr(saved)
+    assert "secret-api-token" not in saved.sealed_token
+    assert bootstrap.open_sealed(code, saved.sealed_token) == "secret-api-token-0123456789"
+    assert saved.instance_id == spawner.stack.instance_id
 
     state = json.loads(json.dumps(spawner.get_state()))
     instance_id, stack_id = spawner.stack.instance_id, spawner.stack.stack_id
@@ -371,6 +376,7 @@ async def test_stack_id_reaches_the_hub_database_before_start_returns(aws_env, m
 
     spawner = make_spawner()
     await spawner._run_apply_user_options({})
+    await spawner._connect()
     await spawner._launch(spawner._launch_choice)  # a hub that dies right after this...
     session = object_session(spawner.orm_spawner)
     session.expire_all()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tornado import web
 
+from mliy_spawner import plugins
 from mliy_spawner.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ async def begin(spawner, options=None):
 
 
 async def test_progress_shows_stack_then_instance_steps_and_replays(make_spawner, tmp_path):
-    spawner = make_spawner(service_url=SERVICE_URL)
+    spawner = make_spawner(service_url=SERVICE_URL, wait_for_boot=True)
     instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
     await begin(spawner)
     await instance
@@ -71,7 +72,7 @@ async def test_progress_shows_stack_then_instance_steps_and_replays(make_spawner
 
 
 async def test_failed_step_fails_spawn_with_its_message(aws_env, make_spawner):
-    spawner = make_spawner(service_url=SERVICE_URL)
+    spawner = make_spawner(service_url=SERVICE_URL, wait_for_boot=True)
     steps = [("Creating user alice", 30), ("Installing packages: pip exited 1", 60, "failed")]
     instance = asyncio.ensure_future(report_when_owned(spawner, steps, spawner.store_url))
     with pytest.raises(web.HTTPError) as e:
@@ -84,7 +85,7 @@ async def test_failed_step_fails_spawn_with_its_message(aws_env, make_spawner):
 
 
 async def test_resume_does_not_wait_for_boot_steps(make_spawner):
-    spawner = make_spawner(service_url=SERVICE_URL)
+    spawner = make_spawner(service_url=SERVICE_URL, wait_for_boot=True)
     instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
     await begin(spawner)
     await instance
@@ -124,15 +125,16 @@ async def test_dns_record_follows_start_stop_resume_delete(aws_env, make_spawner
     ip = aws_env.ec2.describe_instances(InstanceIds=[spawner.stack.instance_id])["Reservations"][0][
         "Instances"
     ][0]["PrivateIpAddress"]
-    assert a_records(route53, zone_id) == {"mliy-alice.notebooks.test.": [ip]}
-    assert host == "mliy-alice.notebooks.test"
+    name = f"mliy-{plugins.dns_label('alice', '')}.notebooks.test"
+    assert a_records(route53, zone_id) == {f"{name}.": [ip]}
+    assert host == name
     assert spawner.get_state()["mliy"]["dns_ip"] == ip
 
     await spawner.stop()
     assert a_records(route53, zone_id) == {}
     spawner.clear_state()
     await begin(spawner)
-    assert list(a_records(route53, zone_id)) == ["mliy-alice.notebooks.test."]
+    assert list(a_records(route53, zone_id)) == [f"{name}."]
     await spawner.delete_forever()
     assert a_records(route53, zone_id) == {}
 
@@ -152,7 +154,7 @@ async def test_no_log_record_holds_the_token_or_user_data(aws_env, make_spawner,
     import logging
 
     caplog.set_level(logging.DEBUG)  # everything, botocore included
-    spawner = make_spawner(service_url=SERVICE_URL)
+    spawner = make_spawner(service_url=SERVICE_URL, wait_for_boot=True)
     instance = asyncio.ensure_future(report_when_owned(spawner, STEPS, spawner.store_url))
     await begin(spawner)
     await instance
@@ -181,7 +183,7 @@ async def test_store_knows_the_owner_until_the_stack_is_deleted(make_spawner):
 
 
 async def test_silent_instance_is_left_to_the_hub_not_failed(aws_env, make_spawner, caplog):
-    spawner = make_spawner(service_url=SERVICE_URL, boot_silence_limit=0.5)
+    spawner = make_spawner(service_url=SERVICE_URL, wait_for_boot=True, boot_silence_limit=0.5)
     ip, _ = await asyncio.wait_for(begin(spawner), 20)  # nothing reports: no 900 s wait
     assert ip.startswith("10.")
     assert spawner.stack.stack_id  # the stack stays: the hub now waits for the server itself

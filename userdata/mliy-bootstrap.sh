@@ -15,9 +15,11 @@
 # with any here-document delimiter of this script (MLIY_PARAM, EOF).
 #
 # Environment, from the preamble MLiySpawner inserts after the #! line:
-#   JUPYTERHUB_*        the spawner's get_env(): JUPYTERHUB_API_TOKEN (also sent with
-#                       progress reports), JUPYTERHUB_API_URL, JUPYTERHUB_SERVICE_URL,
-#                       JUPYTERHUB_SERVICE_PREFIX, JUPYTERHUB_USER, ...
+#   JUPYTERHUB_*        the spawner's get_env() but the API token: JUPYTERHUB_API_URL,
+#                       JUPYTERHUB_SERVICE_URL, JUPYTERHUB_SERVICE_PREFIX, JUPYTERHUB_USER, ...
+#   MLIY_BOOTSTRAP_CODE one-time code, traded first thing at the mliy service for the
+#                       server's API token (JUPYTERHUB_API_TOKEN: sent with progress
+#                       reports, written to the env file); then worthless
 #   MLIY_SERVICE_URL    base URL of the mliy service, ending with /
 #   MLIY_NOTEBOOK_PORT  port the server listens on (all interfaces)
 #   MLIY_NOTEBOOK_USER  unix user name (sanitised by the spawner, checked here)
@@ -97,6 +99,31 @@ instance_id() {
     -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$imds/api/token") || return 0
   curl -sSf --max-time 5 --retry 5 -H @- "$imds/meta-data/instance-id" \
     <<<"X-aws-ec2-metadata-token: $token" || true
+}
+
+# Trade the one-time code for the server's API token. The code goes to curl on stdin,
+# so it shows in no process list; 409 means the hub has not seen this instance yet.
+fetch_token() {
+  local code=${MLIY_BOOTSTRAP_CODE:-} answer="" status=000 tries
+  unset MLIY_BOOTSTRAP_CODE
+  [[ -n $code && -z ${JUPYTERHUB_API_TOKEN:-} ]] || return 0
+  [[ -n $ID && -n $URL ]] || fail "no instance id or service URL to fetch the API token with"
+  for ((tries = 0; tries < 60; tries++)); do
+    # the answer stays in memory (no file), its status on the last line
+    answer=$(curl -sS --max-time 10 -w '\n%{http_code}' \
+      -H "Content-Type: application/json" --data-binary @- \
+      "${URL}api/bootstrap/$ID" <<<"{\"code\": \"$code\"}") || answer=$'\n000'
+    status=${answer##*$'\n'}
+    [[ $status == 200 ]] && break
+    [[ $status == 409 || $status == 429 || $status == 5* || $status == 000 ]] ||
+      fail "the mliy service refused the bootstrap code (HTTP $status)"
+    sleep 2
+  done
+  [[ $status == 200 && $answer =~ \"token\":\ *\"([A-Za-z0-9_-]+)\" ]] ||
+    fail "could not fetch the API token from the mliy service (HTTP $status)"
+  JUPYTERHUB_API_TOKEN=${BASH_REMATCH[1]}
+  export -n JPY_API_TOKEN="$JUPYTERHUB_API_TOKEN" # configure_server reads both by name
+  MLIY_ENV_NAMES="${MLIY_ENV_NAMES:-} JUPYTERHUB_API_TOKEN JPY_API_TOKEN"
 }
 
 check_environment() {
@@ -286,6 +313,7 @@ if [[ ! $ID =~ ^[A-Za-z0-9-]{1,64}$ ]]; then
   log "no instance id: progress is not reported"
   ID=""
 fi
+fetch_token
 step "checking the environment" 5
 check_environment
 if [[ -n $DEVICE ]]; then

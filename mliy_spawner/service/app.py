@@ -33,6 +33,7 @@ from tornado import web
 from ..store import Store, store_url_from_env
 from ..util import run_blocking, template_environment
 from .actions import InstanceActions
+from .bootstrap import BootstrapHandler
 from .handlers import (
     InstanceActionHandler,
     InstancesPage,
@@ -222,6 +223,7 @@ def make_app(settings, store=None):
         (prefix + "oauth_callback", OAuthCallbackHandler, args),
         # named groups name a URL part that is not UTF-8 in the 400 (decode_argument)
         (prefix + r"api/progress/(?P<instance_id>[^/]+)", ProgressHandler, args),
+        (prefix + r"api/bootstrap/([^/]+)", BootstrapHandler, args),
         (prefix + r"ajax/progress/(?P<instance_id>[^/]+)/(?P<tail>.+)", MLiyProgressHandler, args),
         (
             prefix + r"api/instances/(?P<instance_id>[^/]+)/(?P<action>[^/]+)",
