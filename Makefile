@@ -49,6 +49,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/pricing.py
 	$(BIN)/python benchmarks/reflector.py
+	$(BIN)/python benchmarks/storm.py
 	$(BIN)/python benchmarks/groups.py
 
 clean:
