@@ -145,7 +145,7 @@ else:
     # c.JupyterHub.authenticator_class = "mliy"
     # c.MLiyAuthenticator.plugin_folder = "/etc/mliy/plugins"  # e.g. with ldap.py
     # c.MLiyAuthenticator.trusted_proxies = ["10.0.0.5"]  # only they may send the header
-    # c.MLiyAuthenticator.admin_group = "hub-admins"
+    # c.MLiyAuthenticator.admin_group = "cn=hub-admins,ou=Groups,dc=example,dc=com"
     #
     # One Route 53 record per server (plugins/route53.py and its plugin_settings.py):
     # c.MLiySpawner.dns_plugin_folder = "/etc/mliy/plugins"
