@@ -885,9 +885,9 @@ class MLiySpawner(Spawner):
             await self._delete_stack()
             self._refuse_while_delete_pending()
         resumed = bool(self.stack.stack_id) and await self._resume(choice)
-        if not resumed:
-            await self._launch(choice)
         try:
+            if not resumed:
+                await self._launch(choice)
             instance = await self._wait(
                 self._ready_instance, "the instance", self.start_timeout, self._on_launch_tick
             )
