@@ -974,6 +974,8 @@ class MLiySpawner(Spawner):
                 self.stack.stack_id = stack_id
                 await self._delete_stack()
             raise
+        if not created:
+            await self._refuse_foreign_stack(stack_id, name)
         self.stack = stacks.ServerStack(
             stack_id=stack_id,
             stack_name=name,
@@ -990,6 +992,29 @@ class MLiySpawner(Spawner):
             if await self._clear_failed_orphan(stack_id, name):
                 return await self._launch(choice)
         self._progress.emit("CloudFormation accepted the stack; waiting for the instance", 10)
+
+    async def _refuse_foreign_stack(self, stack_id, name):
+        """A stack of this server's name exists: adopt it (a hub that crashed between
+        CreateStack and saving state) only when its tags name this hub, user and server.
+        Anyone who may create stacks could otherwise plant one under a predictable name."""
+        stack = await run_blocking(stacks.describe_stack, self.cfn_client, stack_id)
+        tags = {t["Key"]: t["Value"] for t in (stack or {}).get("Tags") or ()}
+        if stacks.owned_by(tags, self.hub_name, self.user.name, self.name or ""):
+            return
+        log.warning(
+            "Not adopting stack %s for %s: its tags name hub %r, user %r, server %r",
+            name,
+            self._log_name,
+            tags.get("mliy:hub"),
+            tags.get("mliy:user"),
+            tags.get("mliy:server", ""),
+        )
+        raise user_error(
+            500,
+            f"A stack named {name} exists but is not this server's; an admin must look "
+            "at it before this server can start.",
+            "stack-taken",
+        )
 
     def _refuse_while_delete_pending(self):
         """A stack that could not be deleted stays in state until it is: never launch

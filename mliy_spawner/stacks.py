@@ -252,6 +252,16 @@ def user_data_parameters(text):
     return dict(zip(USER_DATA_PARAMETERS, parts, strict=True))
 
 
+def owned_by(tags, hub_name, user_name, server_name):
+    """Whether a stack's ``{key: value}`` tags name this hub, user and server (the tags
+    :func:`build_tags` writes; the default server has no ``mliy:server`` tag)."""
+    return (
+        tags.get("mliy:hub") == hub_name
+        and tags.get("mliy:user") == user_name
+        and tags.get("mliy:server", "") == server_name
+    )
+
+
 def event_message(event):
     """A progress line for one stack event, in words a data scientist reads."""
     kind = event.get("ResourceType", "")

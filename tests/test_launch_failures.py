@@ -259,3 +259,33 @@ async def test_failed_orphan_of_a_crashed_hub_is_replaced(aws_env, make_spawner)
     statuses = {s["StackId"]: s["StackStatus"] for s in aws_env.cfn.list_stacks()["StackSummaries"]}
     assert statuses == {orphan: "DELETE_COMPLETE", spawner.stack.stack_id: "CREATE_COMPLETE"}
     assert any("An earlier stack" in e["message"] for e in spawner._progress.events)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        pytest.param({}, id="untagged"),
+        pytest.param({"mliy:hub": "mliy", "mliy:user": "mallory"}, id="other-user"),
+        pytest.param({"mliy:hub": "other", "mliy:user": "alice"}, id="other-hub"),
+        pytest.param(
+            {"mliy:hub": "mliy", "mliy:user": "alice", "mliy:server": "gpu"}, id="other-server"
+        ),
+    ],
+)
+async def test_a_stack_planted_under_the_servers_name_is_not_adopted(aws_env, make_spawner, tags):
+    from mliy_spawner import stacks
+
+    name = stacks.stack_name("mliy", "mliy", "alice", "")
+    planted = aws_env.cfn.create_stack(
+        StackName=name,
+        TemplateBody='{"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}',
+        Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+    )["StackId"]
+    spawner = make_spawner()
+    await spawner._run_apply_user_options({})
+    with pytest.raises(web.HTTPError) as e:
+        await spawner.start()
+    assert f"A stack named {name} exists but is not this server's" in str(e.value)
+    assert spawner.stack.stack_id is None and "mliy" not in spawner.get_state()
+    [stack] = aws_env.cfn.describe_stacks(StackName=planted)["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE"  # someone else's: left alone
