@@ -62,7 +62,7 @@ from .progress import LaunchProgress
 from .reflector import Reflector, shared_reflector
 from .service import server_token_scopes
 from .store import shared_store, store_url_from_env
-from .util import backoff, run_blocking, user_error
+from .util import backoff, for_users, run_blocking, user_error
 
 log = logging.getLogger("mliy.launch")
 
@@ -910,7 +910,9 @@ class MLiySpawner(Spawner):
         except stacks.LaunchFailed as e:
             reason = await self._failure_reason(str(e))
             await asyncio.shield(self._abandon(resumed))
-            raise user_error(500, f"Launching your server failed: {reason}", "stack") from None
+            log.warning("Launch of %s failed: %s", self._log_name, reason)
+            message = f"Launching your server failed: {for_users(reason)}"
+            raise user_error(500, message, "stack") from None
         except boot.BootFailed as e:
             await asyncio.shield(self._abandon(resumed))
             message = f"Your server's instance failed to set up: {e}"
@@ -959,9 +961,10 @@ class MLiySpawner(Spawner):
             # make sure nothing half-made stays behind under that name.
             await run_blocking(stacks.delete_stack, self.cfn_client, name)
             message = e.response.get("Error", {}).get("Message") or str(e)
+            log.warning("CreateStack %s for %s refused: %s", name, self._log_name, message)
             raise user_error(
                 500,
-                f"AWS refused to launch {choice.config.display_name}: {message}",
+                f"AWS refused to launch {choice.config.display_name}: {for_users(message)}",
                 "create-stack",
             ) from None
         except asyncio.CancelledError:

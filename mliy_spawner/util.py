@@ -9,10 +9,12 @@
 - :class:`StatusError`: an error that carries the HTTP status to answer with.
 - :func:`template_environment`: jinja2 with the admin's folders before the shipped ones.
 - :func:`backoff`: the growing pauses of every retry or wait loop.
+- :func:`for_users`: AWS's error text without account ids and ARNs.
 """
 
 import asyncio
 import functools
+import re
 import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -109,3 +111,14 @@ def backoff(start, maximum, factor=1.5):
     while True:
         yield delay
         delay = min(delay * factor, maximum)
+
+
+_ARN = re.compile(r"arn:aws[a-z-]*:[^\s\"',)]*")
+_ACCOUNT = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
+
+
+def for_users(text, limit=300):
+    """AWS's error or status text as a user may see it: ARNs and 12-digit account ids
+    taken out, cut to ``limit`` characters. The full text belongs in the log."""
+    text = _ACCOUNT.sub("<account>", _ARN.sub("<arn>", str(text)))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -289,3 +289,24 @@ async def test_a_stack_planted_under_the_servers_name_is_not_adopted(aws_env, ma
     assert spawner.stack.stack_id is None and "mliy" not in spawner.get_state()
     [stack] = aws_env.cfn.describe_stacks(StackName=planted)["Stacks"]
     assert stack["StackStatus"] == "CREATE_COMPLETE"  # someone else's: left alone
+
+
+async def test_aws_error_text_reaches_users_without_account_ids_or_arns(
+    aws_env, make_spawner, caplog
+):
+    from botocore.exceptions import ClientError
+
+    secret = "arn:aws:sts::123456789012:assumed-role/mliy-hub/i-0abc"
+    message = f"User: {secret} is not authorized to perform: iam:PassRole (account 123456789012)"
+
+    def refuse(**kwargs):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": message}}, "CreateStack")
+
+    aws_env.cfn.meta.events.register("before-call.cloudformation.CreateStack", refuse)
+    spawner = make_spawner()
+    with pytest.raises(web.HTTPError) as e:
+        await begin(spawner)
+    shown = str(e.value)
+    assert "is not authorized to perform: iam:PassRole" in shown
+    assert "123456789012" not in shown and "arn:aws" not in shown
+    assert secret in caplog.text  # the whole text is in the hub's log
