@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from . import store_migrations
 from .logs import private_file, private_folder
 
 log = logging.getLogger("mliy.service")
@@ -282,6 +283,8 @@ class Store:
     # transactions ---------------------------------------------------------------------
 
     def _ensure_tables(self):
+        """Create the tables, or upgrade them to this release's schema, before the first
+        query: alembic, in-process (:mod:`mliy_spawner.store_migrations`)."""
         if self._ready:
             return
         with self._lock:
@@ -289,11 +292,12 @@ class Store:
                 return
             for attempt in range(2):
                 try:
-                    # under the write lock (BEGIN IMMEDIATE with SQLite), so a second
-                    # process starting at the same moment waits instead of failing
+                    # under the write lock (BEGIN IMMEDIATE with SQLite, an advisory lock
+                    # with PostgreSQL), so a second process starting at the same moment
+                    # waits instead of failing, then finds the schema up to date
                     with self._engine.connect().execution_options(mliy_write=True) as conn:
                         with conn.begin():
-                            metadata.create_all(conn)
+                            store_migrations.upgrade(conn)
                     break
                 except OperationalError as e:
                     # another database client created them between our check and CREATE
