@@ -15,10 +15,20 @@ Fixtures:
   its own) and a store in the test's tmp_path; call it with
   ``user=``, ``groups=``, ``server_name=`` and trait overrides. Reflectors it made are
   stopped after the test.
+- ``postgres``: one :class:`pg.PostgresServer` for the session (Debian's ``postgresql``
+  binaries, a cluster in a temporary folder on a free 127.0.0.1 port), stopped at the
+  end; the tests that use it are skipped, saying why, when PostgreSQL is not installed.
+- ``pg_url``: the SQLAlchemy URL of a new, empty database on ``postgres`` for one test,
+  dropped after it.
+- ``store_url``: a store URL for one test, parametrised: ``sqlite`` (a file in the test's
+  tmp_path) and ``postgresql`` (``pg_url``). A test that takes it runs on both.
+- ``store``: a :class:`mliy_spawner.store.Store` on ``store_url`` (both databases), closed
+  after the test.
 
 Other files keep fixtures that only they use.
 """
 
+import itertools
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -42,6 +52,48 @@ class Account:
 
     def __getattr__(self, name):  # vpc_id, subnet_id, ami_id, key_name, ...
         return getattr(self.seed, name)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from pg import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb/postgres under /usr/lib/postgresql/*/bin "
+            "or on PATH): `make test` installs Debian's postgresql"
+        )
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+_pg_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(postgres):
+    name = f"test_{os.getpid()}_{next(_pg_databases)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'mliy.sqlite'}"
+
+
+@pytest.fixture
+def store(store_url):
+    from mliy_spawner.store import Store
+
+    s = Store(store_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture

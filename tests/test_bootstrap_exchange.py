@@ -8,7 +8,7 @@ import pytest
 from mliy_spawner import bootstrap
 from mliy_spawner.service.bootstrap import parse_code, refusal
 from mliy_spawner.service.handlers import APIError
-from mliy_spawner.store import BootstrapCode, InstanceRecord, Store
+from mliy_spawner.store import BootstrapCode, InstanceRecord
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -24,13 +24,7 @@ def test_a_code_opens_its_token_and_no_other():
     assert bootstrap.code_id(code) != code and len(bootstrap.code_id(code)) == 64
 
 
-@pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/mliy.sqlite")
-    yield store
-    store.close()
-
-
+# ``store`` (conftest.py): these run on SQLite and on PostgreSQL
 def test_a_code_is_used_once(store):
     code = bootstrap.new_code()
     code_id = bootstrap.code_id(code)

@@ -1,4 +1,8 @@
-"""The shared store: ownership upserts, progress order, two processes on one SQLite file."""
+"""The shared store: ownership upserts, progress order, two processes on one database.
+
+The tests that take ``store`` or ``store_url`` (conftest.py) run on SQLite and on
+PostgreSQL; the SQLite file's own behaviour (modes, WAL, the default URL) on SQLite.
+"""
 
 import multiprocessing
 import os
@@ -17,13 +21,6 @@ from mliy_spawner.store import (
     Store,
     default_store_url,
 )
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'mliy.sqlite'}")
-    yield s
-    s.close()
 
 
 def test_record_instance_inserts_then_updates(store):
@@ -95,8 +92,8 @@ def test_step_longer_than_limit_is_refused(store):
         store.add_progress("i-1", "x" * (MAX_STEP_LENGTH + 1), 1, False)
 
 
-def test_steps_per_instance_are_capped(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'capped.sqlite'}", max_steps=3)
+def test_steps_per_instance_are_capped(store_url):
+    store = Store(store_url, max_steps=3)
     try:
         for n in range(3):
             store.add_progress("i-1", f"step {n}", n, False)
@@ -114,9 +111,8 @@ def test_unicode_step_round_trips(store):
     assert store.progress("i-1")[0].step == "Installation des paquets \u2013 \u00e9tape 3"
 
 
-def test_two_stores_on_one_file_see_each_other(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
-    hub_side, service_side = Store(url), Store(url)
+def test_two_stores_on_one_database_see_each_other(store_url, tmp_path):
+    hub_side, service_side = Store(store_url), Store(store_url)
     try:
         hub_side.record_instance("i-1", "alice", "", "s1", "us-east-1")
         assert service_side.owner("i-1").user == "alice"
@@ -128,8 +124,9 @@ def test_two_stores_on_one_file_see_each_other(tmp_path):
     finally:
         hub_side.close()
         service_side.close()
-    mode = sqlite3.connect(tmp_path / "shared.sqlite").execute("PRAGMA journal_mode").fetchone()
-    assert mode == ("wal",)
+    if store_url.startswith("sqlite"):
+        mode = sqlite3.connect(tmp_path / "mliy.sqlite").execute("PRAGMA journal_mode").fetchone()
+        assert mode == ("wal",)
 
 
 def _writer(url, instance_id, count, barrier):
@@ -141,8 +138,9 @@ def _writer(url, instance_id, count, barrier):
     store.close()
 
 
-def test_processes_write_one_new_file_without_lock_errors(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+def test_processes_write_one_new_database_without_lock_errors(store_url):
+    # all three create the tables (run the migrations) at the same moment
+    url = store_url
     ctx = multiprocessing.get_context("spawn")
     writers = 3
     barrier = ctx.Barrier(writers)
