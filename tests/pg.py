@@ -63,6 +63,7 @@ class PostgresServer:
         self.port = None
         self.process = None
         self._owner = None  # (uid, gid) the server runs as, None: as this process
+        self._pid = os.getpid()  # only the process that started it stops it
 
     @property
     def log_path(self):
@@ -172,6 +173,8 @@ class PostgresServer:
 
     def stop(self):
         """Shut the server down (fast: open connections are ended) and remove its folder."""
+        if os.getpid() != self._pid:  # a forked child exiting: not its server
+            return
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:

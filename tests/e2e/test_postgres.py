@@ -8,12 +8,20 @@ its user and the store its rows. The hub's ``alembic_version`` and the store's
 """
 
 import secrets
+import sys
 
 import pytest
 import requests
 import sqlalchemy as sa
 from fakespawner import REGION, instance_id_for
-from hubapi import HubClient, free_port, start_jupyterhub, stop_process, write_hub_config
+from hubapi import (
+    HubClient,
+    free_port,
+    log_tail,
+    start_jupyterhub,
+    stop_process,
+    write_hub_config,
+)
 from servicehub import SETTINGS
 
 from mliy_spawner import store_migrations
@@ -89,11 +97,15 @@ class PostgresHub:
 
 
 @pytest.fixture
-def pg_hub(tmp_path, pg_url):
+def pg_hub(request, tmp_path, pg_url):
     hub = PostgresHub(tmp_path, pg_url)
     yield hub
     hub.stop()
     hub.client.session.close()
+    report = getattr(request.node, "mliy_report_call", None)  # e2e/conftest.py's hook
+    if report is not None and report.failed:
+        for log in sorted(tmp_path.glob("jupyterhub-*.log")):
+            sys.stderr.write(f"\n===== {log} =====\n{log_tail(log)}\n")
 
 
 def one_column(url, query):
