@@ -13,10 +13,12 @@ whether they came from the options form, a REST body or the admin panel's empty 
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from . import userdata
 from .assets import asset_path
+from .costs import CostError, parse_amount
 from .util import shorten
 
 USER_OPTION_KEYS = ("launch_group", "software_config", "instance_type", "volume_size")
@@ -79,6 +81,11 @@ class LaunchGroup:
     security_group_ids: tuple
     software_configs: tuple
     excluded_instance_types: frozenset = frozenset()
+    #: monthly dollars shared by the group's members, and the default for each member
+    budget_usd: Decimal | None = None
+    member_budget_usd: Decimal | None = None
+    #: extra stack tags for AWS's own bill, e.g. (("CostCenter", "1234"),)
+    cost_tags: tuple = ()
 
     def instance_types(self, config):
         """The instance types of ``config`` that this group may use, in config order."""
@@ -276,6 +283,9 @@ def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
         "security_group_ids",
         "software_configs",
         "excluded_instance_types",
+        "budget_usd",
+        "member_budget_usd",
+        "cost_tags",
     }
     groups = {}
     entries = _entries(
@@ -309,6 +319,9 @@ def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
             security_group_ids=security_groups,
             software_configs=slugs,
             excluded_instance_types=excluded,
+            budget_usd=_amount(entry, "budget_usd", where),
+            member_budget_usd=_amount(entry, "member_budget_usd", where),
+            cost_tags=_cost_tags(entry, where),
         )
         for slug in slugs:
             if not group.instance_types(configs[slug]):
@@ -317,6 +330,40 @@ def parse_launch_groups(raw, configs, trait="MLiySpawner.launch_groups"):
                 )
         groups[name] = group
     return groups
+
+
+def _amount(entry, key, where):
+    if entry.get(key) is None:
+        return None
+    try:
+        return parse_amount(entry[key], f"{where}.{key}")
+    except CostError as e:
+        raise ConfigError(str(e)) from None
+
+
+# AWS's rules for tag keys and values (the mliy: and aws: prefixes are the hub's and AWS's)
+_TAG_TEXT = re.compile(r"^[\w .:/=+@-]*$")
+
+
+def _cost_tags(entry, where):
+    tags = _take(entry, "cost_tags", where, dict, required=False, default={})
+    for key, value in tags.items():
+        if (
+            not isinstance(key, str)
+            or not 0 < len(key) <= 128
+            or not _TAG_TEXT.fullmatch(key)
+            or key.lower().startswith(("aws:", "mliy:"))
+        ):
+            raise ConfigError(
+                f"{where}.cost_tags: key {key!r} is not allowed; keys are 1-128 letters, "
+                "digits, spaces and _.:/=+-@, not starting with aws: or mliy:"
+            )
+        if not isinstance(value, str) or len(value) > 256 or not _TAG_TEXT.fullmatch(value):
+            raise ConfigError(
+                f"{where}.cost_tags[{key!r}]: {value!r} is not allowed; values are strings "
+                "of at most 256 letters, digits, spaces and _.:/=+-@"
+            )
+    return tuple(sorted(tags.items()))
 
 
 def groups_for_user(groups, user_group_names, default_group=""):

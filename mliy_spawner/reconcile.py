@@ -44,14 +44,13 @@ return False when they refused (the server became active). :func:`hub_server_sta
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 
 from . import stacks
-from .reflector import HUB_TAG, StackView
+from .reflector import HUB_TAG, StackView, transition_time
 from .util import backoff, run_blocking
 
 log = logging.getLogger("mliy.launch")
@@ -315,17 +314,12 @@ def decide(view, servers, memory, settings, now):
 
 # ---- reading AWS (blocking; run through run_blocking) ------------------------------------
 
-_STOPPED_AT = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
-
 
 def stopped_at(reason):
     """Epoch seconds from a StateTransitionReason such as "User initiated (2026-11-01
     10:00:00 GMT)", or None when it holds no time."""
-    match = _STOPPED_AT.search(reason or "")
-    if match is None:
-        return None
-    when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-    return when.timestamp()
+    when = transition_time(reason)
+    return None if when is None else when.timestamp()
 
 
 def list_hub_stacks(cfn, hub_name):

@@ -26,8 +26,10 @@ kubespawner#938, showed what a silently dead watcher does).
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from . import stacks
 from .util import backoff, run_blocking
@@ -45,6 +47,9 @@ class InstanceView:
     instance_type: str
     stack_id: str | None
     tags: dict = field(default_factory=dict)
+    # when it last started, and when it last stopped (StateTransitionReason), if EC2 says
+    launch_time: datetime | None = None
+    transition_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,24 @@ class StackView:
 
 def _tags(items):
     return {t["Key"]: t["Value"] for t in items or ()}
+
+
+_TRANSITION_AT = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def transition_time(reason):
+    """The time in a StateTransitionReason such as "User initiated (2026-11-01 10:00:00
+    GMT)", as an aware UTC datetime, or None when it holds none."""
+    match = _TRANSITION_AT.search(reason or "")
+    if match is None:
+        return None
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+def _aware(moment):
+    if not isinstance(moment, datetime):
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def list_instances(ec2, hub_name):
@@ -77,6 +100,8 @@ def list_instances(ec2, hub_name):
                     instance_type=inst.get("InstanceType", ""),
                     stack_id=tags.get("aws:cloudformation:stack-id"),
                     tags=tags,
+                    launch_time=_aware(inst.get("LaunchTime")),
+                    transition_time=transition_time(inst.get("StateTransitionReason")),
                 )
     return views
 
@@ -174,6 +199,8 @@ class Reflector:
         self._stopping = False
         self._last_cycle_started = 0.0
         self._warned_stale = False
+        # coroutines called with the reflector after each successful cycle (the ledger)
+        self.listeners = []
 
     # ---- reading the cache --------------------------------------------------------
 
@@ -295,6 +322,7 @@ class Reflector:
             done, self._cycle_done = self._cycle_done, asyncio.get_running_loop().create_future()
             done.set_result(ok)
             if ok:
+                await self._notify()
                 pauses = None
                 delay = self.interval
             else:
@@ -313,6 +341,15 @@ class Reflector:
                     pass
             else:
                 await asyncio.sleep(remaining)
+
+    async def _notify(self):
+        for listener in list(self.listeners):
+            try:
+                await listener(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Reflector for hub %s: a listener failed", self.hub_name)
 
     async def _cycle(self, started):
         dirty, self._dirty = self._dirty, set()

@@ -19,10 +19,12 @@ Lifecycle:
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from botocore.exceptions import ClientError
@@ -49,7 +51,9 @@ from . import (
     boot,
     bootstrap,
     configs,
+    costs,
     form,
+    ledger,
     logs,
     placement,
     plugins,
@@ -65,6 +69,15 @@ from .store import shared_store, store_url_from_env
 from .util import backoff, for_users, run_blocking, user_error
 
 log = logging.getLogger("mliy.launch")
+
+
+@contextlib.contextmanager
+def _as_trait_error():
+    """A setting's checker's ValueError as the TraitError traitlets reports."""
+    try:
+        yield
+    except ValueError as e:
+        raise TraitError(str(e)) from None
 
 
 class MLiySpawner(Spawner):
@@ -628,6 +641,299 @@ class MLiySpawner(Spawner):
             template_paths=spawner.form_template_paths,
         )
 
+    # ---- money: the usage ledger, budgets and limits ---------------------------------
+
+    volume_price_per_gib_month = Unicode(
+        "0.08",
+        help="""Dollars per GiB-month of a server's extra EBS volume, for the usage ledger.
+
+        Charged while the volume exists, running or stopped. The default is gp3 in
+        us-east-1. Empty: volume costs are shown as unknown. Default: "0.08".
+        """,
+    ).tag(config=True)
+
+    cost_timezone = Unicode(
+        "UTC",
+        help="""The time zone (IANA name) whose calendar months budgets and cost pages count.
+
+        Default: "UTC".
+        """,
+    ).tag(config=True)
+
+    budget_action = Enum(
+        ["notify", "stop"],
+        "notify",
+        help="""What happens to running servers once a budget is spent.
+
+        "notify" (the default): users see a notice at 80 % and 100 % of a budget (home page
+        and progress) and the hub logs it. "stop": the same, and servers over a budget are
+        stopped (stopped, not terminated: their disks stay), each stop recorded in the
+        audit trail with its reason. Spawns over a budget are always refused.
+        """,
+    ).tag(config=True)
+
+    user_budgets = Dict(
+        {},
+        help="""Per-user monthly budgets in dollars, replacing the member default of every
+        launch group (`member_budget_usd`) for those users.
+
+        Amounts are strings or integers (not floats): e.g. {"alice": "250", "bob": "40.50"}.
+        Default: {}.
+        """,
+    ).tag(config=True)
+
+    max_servers_per_user = Int(
+        0,
+        help="""The most servers with a stack (running or stopped) one user may have.
+
+        A start that would go over is refused with HTTP 403 before any AWS call. Set
+        JupyterHub's `named_server_limit_per_user` too. 0: no limit. Default: 0.
+        """,
+    ).tag(config=True)
+
+    max_volume_gib_per_user = Int(
+        0,
+        help="""The most GiB of extra EBS volumes, over all of one user's servers.
+
+        A start that would go over is refused with HTTP 403 before any AWS call. 0: no
+        limit. Default: 0.
+        """,
+    ).tag(config=True)
+
+    budget_review_interval = Float(
+        60.0,
+        help="""Seconds between two checks of the running servers against the budgets.
+
+        Each check reads this month's usage from the store. Default: 60.
+        """,
+    ).tag(config=True)
+
+    @validate("volume_price_per_gib_month")
+    def _validate_volume_price(self, proposal):
+        value = proposal["value"].strip()
+        if value:
+            with _as_trait_error():
+                costs.parse_price(value, "MLiySpawner.volume_price_per_gib_month")
+        return value
+
+    @validate("cost_timezone")
+    def _validate_cost_timezone(self, proposal):
+        with _as_trait_error():
+            costs.zone(proposal["value"])
+        return proposal["value"]
+
+    @validate("user_budgets")
+    def _validate_user_budgets(self, proposal):
+        for name, amount in proposal["value"].items():
+            if not isinstance(name, str) or not name:
+                raise TraitError(f"MLiySpawner.user_budgets: {name!r} is not a user name")
+            with _as_trait_error():
+                costs.parse_amount(amount, f"MLiySpawner.user_budgets[{name!r}]")
+        return proposal["value"]
+
+    def cost_settings(self):
+        """What the ledger and the budget checks read of these settings."""
+        price = self.volume_price_per_gib_month
+        return ledger.CostSettings(
+            hub_name=self.hub_name,
+            region=self.region,
+            gib_month_usd=costs.parse_price(price, "volume_price_per_gib_month") if price else None,
+            timezone=self.cost_timezone,
+            budget_action=self.budget_action,
+            user_budgets={
+                name: costs.parse_amount(amount, name) for name, amount in self.user_budgets.items()
+            },
+            group_budgets={
+                name: (group.budget_usd, group.member_budget_usd)
+                for name, group in self.parsed_groups.items()
+                if group.budget_usd is not None or group.member_budget_usd is not None
+            },
+            review_interval=self.budget_review_interval,
+        )
+
+    def _price_of(self, instance_type):
+        """Compute $/hour from the catalog, or None (blocking: the file may reload)."""
+        try:
+            return pricing.get_catalog(self.pricing_file or None).price(instance_type, self.region)
+        except pricing.PricingError as e:
+            log.warning("No price for %s: %s", instance_type, e)
+            return None
+
+    def _ensure_ledger(self):
+        """The shared usage ledger of this region and hub, following the reflector."""
+        if self.ledger is not None:
+            return self.ledger
+        users = (getattr(self.user, "settings", None) or {}).get("users")
+        key = (self.region, self.aws_endpoint_url, self.hub_name)
+
+        async def stop_server(user_name, server_name, reason):
+            user = users[user_name] if users is not None else None
+            if user is None:
+                return
+            spawner = user.spawners.get(server_name)
+            if spawner is not None:
+                spawner._progress_notice = f"Stopped by the hub: {reason}"
+            await user.stop(server_name)
+
+        def is_active(user_name, server_name):
+            user = users.get(user_name) if users is not None else None
+            spawner = user.spawners.get(server_name) if user is not None else None
+            return bool(spawner is not None and spawner.active and not spawner.pending)
+
+        def make():
+            made = ledger.Ledger(
+                self.store,
+                self.cost_settings(),
+                self._price_of,
+                stop_server=stop_server if users is not None else None,
+                is_active=is_active if users is not None else None,
+            )
+            self.reflector.listeners.append(made.on_cycle)
+            return made
+
+        self.ledger = ledger.shared_ledger(key, make)
+        return self.ledger
+
+    def _count_user_servers(self):
+        """``(servers with a stack, their volume GiB)`` of this user, this server excluded."""
+        rows = getattr(getattr(self.orm_spawner, "user", None), "_orm_spawners", None) or []
+        servers, gib = 0, 0
+        for row in rows:
+            if row is self.orm_spawner or (row.name or "") == (self.name or ""):
+                continue
+            mine = stacks.ServerStack.from_state((row.state or {}).get("mliy") or {})
+            if mine.stack_id:
+                servers += 1
+                gib += int((mine.launch_options or {}).get("volume_size") or 0)
+        return servers, gib
+
+    def _check_limits(self, choice):
+        """HTTP 403 naming the limit when ``choice`` would take this user over one."""
+        if self.stack.stack_id:
+            return  # a resume: the stack and its volume exist already, and count as they are
+        servers, gib = self._count_user_servers()
+        limit = self.max_servers_per_user
+        if limit and servers + 1 > limit:
+            raise self._refused(
+                f"You have {servers} servers with a machine (running or stopped); the limit "
+                f"is {limit} (max_servers_per_user). Remove a server to start another.",
+                "limit",
+            )
+        limit = self.max_volume_gib_per_user
+        wanted = choice.volume_size or 0
+        if limit and wanted and gib + wanted > limit:
+            raise self._refused(
+                f"Your servers' volumes hold {gib} GiB; {wanted} GiB more would go over the "
+                f"limit of {limit} GiB (max_volume_gib_per_user).",
+                "limit",
+            )
+
+    def _refused(self, message, reason):
+        log.warning("Refused to start %s: %s", self._log_name, message)
+        self._audit_refusal(message, reason)
+        return user_error(403, message)
+
+    def _audit_refusal(self, message, reason):
+        if self.store is None:
+            return
+        task = asyncio.ensure_future(
+            run_blocking(
+                self.store.add_audit,
+                "launch",
+                actor=self.user.name,
+                actor_kind="user",
+                outcome="refused",
+                reason=f"{reason}: {message}",
+                user=self.user.name,
+                server_name=self.name or "",
+            )
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _budgets_for(self, choice):
+        settings = self.cost_settings()
+        group = choice.group
+        return costs.budgets_for(
+            self.user.name,
+            group.name,
+            group.budget_usd,
+            group.member_budget_usd,
+            settings.user_budgets,
+        )
+
+    async def _check_spend(self, choice):
+        """Limits, then budgets, before any AWS call; a pass reserves the first hour."""
+        self._check_limits(choice)
+        budgets = self._budgets_for(choice)
+        if not budgets:
+            return
+        await self._connect_store()
+        settings = self.cost_settings()
+        now = datetime.now(UTC)
+        month = costs.month_of(now, settings.timezone)
+        hourly = await run_blocking(self._price_of, choice.instance_type)
+        first_hour = costs.hourly_cost(hourly, choice.volume_size, settings.gib_month_usd, month)
+
+        def read_report():
+            intervals = self.store.usage_between(
+                month.start, month.end, hub=self.hub_name, group=choice.group.name
+            )
+            return costs.report(intervals, month, now)
+
+        gate = ledger.shared_gate((self.hub_name,))
+        try:
+            self._reservation = await gate.check(budgets, read_report, first_hour)
+        except ledger.BudgetExceeded as e:
+            raise self._refused(str(e), "budget") from None
+        self._gate = gate
+
+    def _release_reservation(self):
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release(self._reservation)
+        self._reservation = None
+
+    async def _connect_store(self):
+        if self.store is None:
+            self.store = await run_blocking(shared_store, self.store_url)
+
+    async def mliy_costs(self):
+        """This user's servers and spend this month, for the hub's home page (template)."""
+        try:
+            await self._connect_store()
+            settings = self.cost_settings()
+            now = datetime.now(UTC)
+            month = costs.month_of(now, settings.timezone)
+            intervals = await run_blocking(
+                self.store.usage_between,
+                month.start,
+                month.end,
+                hub=self.hub_name,
+                user=self.user.name,
+            )
+        except Exception as e:
+            log.warning("Costs of %s for the home page: %s", self.user.name, e)
+            return None
+        report = costs.report(intervals, month, now)
+        notices = (self.ledger.notices.get(self.user.name) if self.ledger else None) or []
+        return {"month": month.key, "report": report, "notices": notices, "money": costs.money}
+
+    async def mliy_launch_price(self):
+        """The $/hour of what is being launched, for the spawn-pending page (text)."""
+        options = self.user_options or self.stack.launch_options or {}
+        instance_type = options.get("instance_type")
+        if not isinstance(instance_type, str):
+            return None
+        price = await run_blocking(self._price_of, instance_type)
+        if price is None:
+            return f"{instance_type}: price unknown"
+        return f"{instance_type}: ${costs.money(price)}/hour"
+
+    ledger = Any(None, allow_none=True, help="The shared usage Ledger of this region and hub.")
+    _gate = None
+    _reservation = None
+    _progress_notice = None
+
     # ---- strays: orphaned stacks, lost stacks, failed deletes, dormant servers ------
 
     reconcile_interval = Float(
@@ -742,8 +1048,8 @@ class MLiySpawner(Spawner):
             self.reflector = shared_reflector(
                 key, lambda: Reflector(ec2, cfn, self.hub_name, interval=self.reflector_interval)
             )
-        if self.store is None:
-            self.store = await run_blocking(shared_store, self.store_url)
+        await self._connect_store()
+        self._ensure_ledger()
 
     def _ensure_reconciler(self):
         """Start the shared reconciler for this region and hub (in a real hub only)."""
@@ -857,8 +1163,12 @@ class MLiySpawner(Spawner):
         )
 
     @staticmethod
-    def _apply_user_options(spawner, user_options):
-        spawner._launch_choice = spawner.resolve_launch(user_options)
+    async def _apply_user_options(spawner, user_options):
+        # the one validation path: options (400), then limits and budgets (403), all
+        # before any AWS call
+        choice = spawner.resolve_launch(user_options)
+        await spawner._check_spend(choice)
+        spawner._launch_choice = choice
 
     # ---- start ---------------------------------------------------------------------------
 
@@ -871,6 +1181,13 @@ class MLiySpawner(Spawner):
             yield event
 
     async def start(self):
+        try:
+            return await self._start()
+        finally:
+            # what the budget check reserved: the ledger counts the server from now on
+            self._release_reservation()
+
+    async def _start(self):
         await self._connect()
         self._ensure_reconciler()
         choice = self._launch_choice or self.resolve_launch(self.user_options)
@@ -879,6 +1196,12 @@ class MLiySpawner(Spawner):
         notice = reconcile.notice_message(self.orm_spawner.state if self.orm_spawner else None)
         if notice:  # why the reconciler cleared this server (shown at one start)
             self._progress.emit(notice)
+        notices = list(self.ledger.notices.get(self.user.name, ())) if self.ledger else []
+        if self._progress_notice:  # why the hub stopped this server (a spent budget)
+            notices.insert(0, self._progress_notice)
+            self._progress_notice = None
+        for text in notices:
+            self._progress.emit(text)
         self._following_events = False
         self.ip, self.port = "0.0.0.0", self.notebook_port
         if self.stack.delete_pending:

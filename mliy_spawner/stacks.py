@@ -210,6 +210,7 @@ def build_parameters(choice, subnet_id, availability_zone, user_data):
 def build_tags(hub_name, user_name, server_name, choice, extra=None):
     """Stack tags (CloudFormation copies them onto the instance and volume)."""
     tags = dict(extra or {})
+    tags.update(choice.group.cost_tags)
     if server_name:  # tag values cannot be empty: the default server has no mliy:server
         tags["mliy:server"] = server_name
     tags.update(
@@ -219,6 +220,8 @@ def build_tags(hub_name, user_name, server_name, choice, extra=None):
             "mliy:user": user_name,
             "mliy:software-config": choice.config.slug,
             "mliy:launch-group": choice.group.name,
+            # the usage ledger charges the volume from this (ledger.VOLUME_TAG)
+            "mliy:volume-gib": str(choice.volume_size or 0),
         }
     )
     return [{"Key": k, "Value": str(v)[:256]} for k, v in tags.items()]

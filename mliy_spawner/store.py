@@ -108,6 +108,76 @@ bootstrap_codes = Table(
 )
 
 
+# The usage ledger (see mliy_spawner.ledger and mliy_spawner.costs): one row per instance
+# per state over time. Money is kept as decimal text: exact on every database.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hub", String(255), nullable=False, default=""),
+    Column("user", String(255), nullable=False, index=True),
+    Column("server_name", String(255), nullable=False, default=""),
+    Column("launch_group", String(255), nullable=False, default="", index=True),
+    Column("software_config", String(255), nullable=False, default=""),
+    Column("instance_id", String(64), nullable=False, index=True),
+    Column("instance_type", String(64), nullable=False, default=""),
+    Column("region", String(64), nullable=False, default=""),
+    # costs.RUNNING or costs.STOPPED (with its volume)
+    Column("state", String(16), nullable=False),
+    Column("start", DateTime, nullable=False, index=True),
+    # NULL while the interval is open
+    Column("end", DateTime, nullable=True, index=True),
+    # compute $/hour when it opened; NULL: the catalog lacked it (unknown, never 0)
+    Column("hourly_usd", String(32), nullable=True),
+    # the extra volume's size; NULL: not known
+    Column("volume_gib", Integer, nullable=True),
+    Column("gib_month_usd", String(32), nullable=True),
+)
+
+# What happened to servers, by whom, and why (the hub's actions and automatic ones).
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime, nullable=False, index=True),
+    # who: a user or admin name, a service's name, "culler", "mliy" (automatic)
+    Column("actor", String(255), nullable=False, default=""),
+    # user, admin, service, culler, automatic
+    Column("actor_kind", String(32), nullable=False, default=""),
+    # form, rest, admin-panel, control-api, automatic
+    Column("path", String(32), nullable=False, default=""),
+    Column("action", String(64), nullable=False, index=True),
+    # ok, refused, failed
+    Column("outcome", String(32), nullable=False, default="ok"),
+    Column("reason", String(1024), nullable=False, default=""),
+    Column("user", String(255), nullable=False, default="", index=True),
+    Column("server_name", String(255), nullable=False, default=""),
+    Column("stack_id", String(1024), nullable=False, default=""),
+    Column("instance_id", String(64), nullable=False, default=""),
+)
+
+#: The longest audit reason kept (characters).
+MAX_AUDIT_REASON = 1024
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One row of ``audit``."""
+
+    id: int
+    time: datetime
+    actor: str
+    actor_kind: str
+    path: str
+    action: str
+    outcome: str
+    reason: str
+    user: str
+    server_name: str
+    stack_id: str
+    instance_id: str
+
+
 @dataclass(frozen=True)
 class BootstrapCode:
     """One row of ``bootstrap_codes``: a server's one-time code, as its hash."""
@@ -175,6 +245,53 @@ def _progress(row):
 
 def _bootstrap_code(row):
     return _record(BootstrapCode, row, expires=_aware(row.expires), used=_aware(row.used))
+
+
+def _interval(row):
+    from .costs import Interval, decimal_or_none
+
+    return Interval(
+        id=row.id,
+        hub=row.hub,
+        user=row.user,
+        server=row.server_name,
+        group=row.launch_group,
+        config=row.software_config,
+        instance_id=row.instance_id,
+        instance_type=row.instance_type,
+        region=row.region,
+        state=row.state,
+        start=_aware(row.start),
+        end=_aware(row.end),
+        hourly_usd=decimal_or_none(row.hourly_usd),
+        volume_gib=row.volume_gib,
+        gib_month_usd=decimal_or_none(row.gib_month_usd),
+    )
+
+
+def _naive(moment):
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment is not None else None
+
+
+def _usage_row(interval):
+    from .costs import as_text
+
+    return {
+        "hub": interval.hub,
+        "user": interval.user,
+        "server_name": interval.server,
+        "launch_group": interval.group,
+        "software_config": interval.config,
+        "instance_id": interval.instance_id,
+        "instance_type": interval.instance_type,
+        "region": interval.region,
+        "state": interval.state,
+        "start": _naive(interval.start),
+        "end": _naive(interval.end),
+        "hourly_usd": as_text(interval.hourly_usd),
+        "volume_gib": interval.volume_gib,
+        "gib_month_usd": as_text(interval.gib_month_usd),
+    }
 
 
 def default_store_url(hub_db_url=None):
@@ -531,6 +648,117 @@ class Store:
                 .limit(1)
             ).first()
         return _progress(row) if row else None
+
+    # usage ledger ------------------------------------------------------------------------
+
+    def open_usage(self, hub, region):
+        """The open intervals of ``hub`` in ``region`` (:class:`~mliy_spawner.costs.Interval`)."""
+        query = select(usage).where(
+            usage.c.end.is_(None), usage.c.hub == hub, usage.c.region == region
+        )
+        with self._read() as conn:
+            return [_interval(row) for row in conn.execute(query.order_by(usage.c.id))]
+
+    def update_usage(self, close=(), open=()):
+        """Close intervals (``[(id, end)]``) and open new ones, in one transaction.
+
+        An interval is closed only while it is still open, so two hubs' views (or a
+        retried cycle) never close one twice. Returns the ids of the opened ones.
+        """
+        opened = []
+        with self._write() as conn, conn.begin():
+            for interval_id, end in close:
+                conn.execute(
+                    update(usage)
+                    .where(usage.c.id == interval_id, usage.c.end.is_(None))
+                    .values(end=_naive(end))
+                )
+            for interval in open:
+                result = conn.execute(insert(usage).values(**_usage_row(interval)))
+                opened.append(result.inserted_primary_key[0])
+        return opened
+
+    def last_usage_ends(self, instance_ids):
+        """``{instance id: end of its latest closed interval}`` for those that have one."""
+        found = {}
+        ids = list(instance_ids)
+        for chunk in range(0, len(ids), 500):
+            query = (
+                select(usage.c.instance_id, func.max(usage.c.end))
+                .where(usage.c.instance_id.in_(ids[chunk : chunk + 500]), usage.c.end.is_not(None))
+                .group_by(usage.c.instance_id)
+            )
+            with self._read() as conn:
+                found.update({row[0]: _aware(row[1]) for row in conn.execute(query)})
+        return found
+
+    def usage_between(self, start, end, hub=None, user=None, group=None):
+        """The intervals that overlap ``[start, end)``, optionally of one hub, user or group."""
+        query = select(usage).where(
+            usage.c.start < _naive(end),
+            (usage.c.end.is_(None)) | (usage.c.end > _naive(start)),
+        )
+        if hub is not None:
+            query = query.where(usage.c.hub == hub)
+        if user is not None:
+            query = query.where(usage.c.user == user)
+        if group is not None:
+            query = query.where(usage.c.launch_group == group)
+        with self._read() as conn:
+            return [_interval(row) for row in conn.execute(query.order_by(usage.c.id))]
+
+    # audit trail ------------------------------------------------------------------------
+
+    def add_audit(
+        self,
+        action,
+        *,
+        actor="",
+        actor_kind="",
+        path="",
+        outcome="ok",
+        reason="",
+        user="",
+        server_name="",
+        stack_id="",
+        instance_id="",
+        when=None,
+    ):
+        """Record one action on a server (never pass a secret in ``reason``)."""
+        values = {
+            "time": _naive(when) if when else _now(),
+            "actor": actor[:255],
+            "actor_kind": actor_kind[:32],
+            "path": path[:32],
+            "action": action[:64],
+            "outcome": outcome[:32],
+            "reason": (reason or "")[:MAX_AUDIT_REASON],
+            "user": user[:255],
+            "server_name": (server_name or "")[:255],
+            "stack_id": (stack_id or "")[:1024],
+            "instance_id": (instance_id or "")[:64],
+        }
+        with self._write() as conn, conn.begin():
+            return conn.execute(insert(audit).values(**values)).inserted_primary_key[0]
+
+    def audit_entries(
+        self, user=None, action=None, outcome=None, since=None, until=None, limit=1000
+    ):
+        """Audit rows, newest first, filtered by any of the arguments."""
+        query = select(audit)
+        if user is not None:
+            query = query.where(audit.c.user == user)
+        if action is not None:
+            query = query.where(audit.c.action == action)
+        if outcome is not None:
+            query = query.where(audit.c.outcome == outcome)
+        if since is not None:
+            query = query.where(audit.c.time >= _naive(since))
+        if until is not None:
+            query = query.where(audit.c.time < _naive(until))
+        query = query.order_by(audit.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            return [_record(AuditRecord, row, time=_aware(row.time)) for row in conn.execute(query)]
 
 
 def store_url_from_env(environ=None):
