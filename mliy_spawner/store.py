@@ -559,11 +559,15 @@ class Store:
             ).first()
             if row is None or row.used is not None:
                 return None
-            conn.execute(
+            result = conn.execute(
                 update(bootstrap_codes)
                 .where((bootstrap_codes.c.code_id == code_id) & bootstrap_codes.c.used.is_(None))
                 .values(used=_now(), sealed_token="")
             )
+            # under READ COMMITTED (PostgreSQL) another request may have used it between
+            # our read and our update: only the one whose update matched gets the token
+            if result.rowcount != 1:
+                return None
         return row.sealed_token
 
     def refuse_bootstrap_code(self, code_id, reason):

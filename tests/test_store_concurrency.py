@@ -16,8 +16,6 @@ import traceback
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pytest
-
 from mliy_spawner.costs import RUNNING, Interval
 from mliy_spawner.store import Store
 
@@ -152,17 +150,7 @@ def test_fifty_writers_lose_no_row_and_never_lock(store_url):
         store.close()
 
 
-def test_one_bootstrap_code_raced_by_ten_writers_goes_to_exactly_one(store_url, request):
-    if store_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="Store.use_bootstrap_code returns the token although its UPDATE "
-                "matched no row: under PostgreSQL's READ COMMITTED a second use that read "
-                "the row before the first committed gets the token too (fix: return None "
-                "when the UPDATE's rowcount is 0)",
-            )
-        )
+def test_one_bootstrap_code_raced_by_ten_writers_goes_to_exactly_one(store_url):
     store = Store(store_url)
     contenders, trials = 10, 20
     doubled = []
