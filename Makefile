@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(NODE_PREFIX)/node_modules/.bin:$(PAT
 # apt-get when run as root, else stops naming the command to run. (Lint needs none:
 # ruff, cfn-lint and shellcheck come from pip.)
 NODE_DEPS := nodejs npm
-TEST_DEPS := $(NODE_DEPS) chromium postgresql
+TEST_DEPS := $(NODE_DEPS) chromium postgresql apache2
 ifneq ($(findstring not browser,$(PYTEST_ARGS)),)
 TEST_DEPS := $(filter-out chromium,$(TEST_DEPS))
 endif
