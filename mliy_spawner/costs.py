@@ -7,9 +7,9 @@ intervals and a month into money, the same way for the pages, the API, the CSV e
 the CLI and the budget check, so their numbers agree to the cent:
 
 - **Exact.** Money is :class:`~decimal.Decimal` throughout; a float never appears.
-- **One rounding.** The unit that is rounded (half up, to the cent) is one server's cost
-  on one day. A server's month is the sum of its rounded days, a user's or group's the sum
-  of its servers', the month's total the sum of everything: every view adds up exactly.
+- **One rounding.** A server's month is rounded once (half up, to the cent); its days
+  share those cents (largest remainders first), a user's or group's total is the sum of
+  its servers', the month's the sum of everything: every view adds up exactly.
 - **Unknown is unknown.** A price the catalog lacks is ``None``; a cost that needs it is
   ``None`` too, never 0. Totals carry the known part and count what is unknown.
 - **Volumes** are charged per GiB-month, prorated by the hours of the calendar month the
@@ -24,7 +24,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 CENT = Decimal("0.01")
@@ -287,6 +287,19 @@ def _day_pieces(start, end, month):
     return pieces
 
 
+def _allocate(days):
+    """Cents per day for exact ``{day: Decimal}``, summing to the rounded total of all days
+    (the largest remainders get the spare cents), so a server's month is exact to the cent
+    and its days add up to it."""
+    total = money(sum(days.values(), Decimal(0)))
+    floors = {day: value.quantize(CENT, rounding=ROUND_FLOOR) for day, value in days.items()}
+    spare = int((total - sum(floors.values(), Decimal(0))) / CENT)
+    by_remainder = sorted(days, key=lambda day: (floors[day] - days[day], day))
+    for day in by_remainder[: max(spare, 0)]:
+        floors[day] += CENT
+    return floors
+
+
 def report(intervals, month, now):
     """The :class:`Report` of ``month`` from ``intervals`` (any order), as of ``now``.
 
@@ -331,8 +344,11 @@ def report(intervals, month, now):
             else:
                 exact[cell] += part
             line.days.setdefault(day, Decimal("0.00"))
+    by_line = defaultdict(dict)
     for (key, day), value in exact.items():
-        lines[key].days[day] = money(value)
+        by_line[key][day] = value
+    for key, days in by_line.items():
+        lines[key].days.update(_allocate(days))
     for key, day in unknown:
         lines[key].days[day] = None
     ordered = sorted(lines.values(), key=lambda ln: (ln.user, ln.server, ln._latest))

@@ -406,7 +406,6 @@ class BudgetExceeded(Exception):
 
 
 _gates = {}
-_ledgers = {}
 
 
 def shared_gate(key):
@@ -418,16 +417,6 @@ def shared_gate(key):
     return gate
 
 
-def shared_ledger(key, factory):
-    """One ledger per ``key`` and event loop (created by ``factory`` the first time)."""
-    loop = asyncio.get_running_loop()
-    full_key = (id(loop), *key)
-    ledger = _ledgers.get(full_key)
-    if ledger is None:
-        ledger = _ledgers[full_key] = factory()
-    return ledger
-
-
 __all__ = [
     "BudgetExceeded",
     "CostSettings",
@@ -435,6 +424,5 @@ __all__ = [
     "SpendGate",
     "plan",
     "shared_gate",
-    "shared_ledger",
     "usage_state",
 ]

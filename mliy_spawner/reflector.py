@@ -201,6 +201,7 @@ class Reflector:
         self._warned_stale = False
         # coroutines called with the reflector after each successful cycle (the ledger)
         self.listeners = []
+        self.ledger = None  # the usage ledger that follows this view (mliy_spawner.ledger)
 
     # ---- reading the cache --------------------------------------------------------
 

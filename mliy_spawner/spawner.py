@@ -764,7 +764,6 @@ class MLiySpawner(Spawner):
         if self.ledger is not None:
             return self.ledger
         users = (getattr(self.user, "settings", None) or {}).get("users")
-        key = (self.region, self.aws_endpoint_url, self.hub_name)
 
         async def stop_server(user_name, server_name, reason):
             user = users[user_name] if users is not None else None
@@ -780,7 +779,9 @@ class MLiySpawner(Spawner):
             spawner = user.spawners.get(server_name) if user is not None else None
             return bool(spawner is not None and spawner.active and not spawner.pending)
 
-        def make():
+        # one ledger per reflector (so per region and hub), following its cycles
+        made = getattr(self.reflector, "ledger", None)
+        if made is None:
             made = ledger.Ledger(
                 self.store,
                 self.cost_settings(),
@@ -788,11 +789,10 @@ class MLiySpawner(Spawner):
                 stop_server=stop_server if users is not None else None,
                 is_active=is_active if users is not None else None,
             )
+            self.reflector.ledger = made
             self.reflector.listeners.append(made.on_cycle)
-            return made
-
-        self.ledger = ledger.shared_ledger(key, make)
-        return self.ledger
+        self.ledger = made
+        return made
 
     def _count_user_servers(self):
         """``(servers with a stack, their volume GiB)`` of this user, this server excluded."""
@@ -807,14 +807,14 @@ class MLiySpawner(Spawner):
                 gib += int((mine.launch_options or {}).get("volume_size") or 0)
         return servers, gib
 
-    def _check_limits(self, choice):
+    async def _check_limits(self, choice):
         """HTTP 403 naming the limit when ``choice`` would take this user over one."""
         if self.stack.stack_id:
             return  # a resume: the stack and its volume exist already, and count as they are
         servers, gib = self._count_user_servers()
         limit = self.max_servers_per_user
         if limit and servers + 1 > limit:
-            raise self._refused(
+            raise await self._refused(
                 f"You have {servers} servers with a machine (running or stopped); the limit "
                 f"is {limit} (max_servers_per_user). Remove a server to start another.",
                 "limit",
@@ -822,22 +822,18 @@ class MLiySpawner(Spawner):
         limit = self.max_volume_gib_per_user
         wanted = choice.volume_size or 0
         if limit and wanted and gib + wanted > limit:
-            raise self._refused(
+            raise await self._refused(
                 f"Your servers' volumes hold {gib} GiB; {wanted} GiB more would go over the "
                 f"limit of {limit} GiB (max_volume_gib_per_user).",
                 "limit",
             )
 
-    def _refused(self, message, reason):
+    async def _refused(self, message, reason):
+        """The 403 for a refused start, logged and recorded in the audit trail."""
         log.warning("Refused to start %s: %s", self._log_name, message)
-        self._audit_refusal(message, reason)
-        return user_error(403, message)
-
-    def _audit_refusal(self, message, reason):
-        if self.store is None:
-            return
-        task = asyncio.ensure_future(
-            run_blocking(
+        try:
+            await self._connect_store()
+            await run_blocking(
                 self.store.add_audit,
                 "launch",
                 actor=self.user.name,
@@ -847,8 +843,9 @@ class MLiySpawner(Spawner):
                 user=self.user.name,
                 server_name=self.name or "",
             )
-        )
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        except Exception as e:
+            log.warning("Could not record the refusal of %s: %s", self._log_name, e)
+        return user_error(403, message)
 
     def _budgets_for(self, choice):
         settings = self.cost_settings()
@@ -863,7 +860,7 @@ class MLiySpawner(Spawner):
 
     async def _check_spend(self, choice):
         """Limits, then budgets, before any AWS call; a pass reserves the first hour."""
-        self._check_limits(choice)
+        await self._check_limits(choice)
         budgets = self._budgets_for(choice)
         if not budgets:
             return
@@ -884,7 +881,7 @@ class MLiySpawner(Spawner):
         try:
             self._reservation = await gate.check(budgets, read_report, first_hour)
         except ledger.BudgetExceeded as e:
-            raise self._refused(str(e), "budget") from None
+            raise await self._refused(str(e), "budget") from None
         self._gate = gate
 
     def _release_reservation(self):

@@ -1,0 +1,213 @@
+"""The usage ledger on moto (outside changes seen within a cycle) and the budget and
+limit checks before a launch (403 and no AWS call)."""
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from tornado import web
+
+from mliy_spawner import costs, ledger
+from mliy_spawner.store import Store
+
+
+async def wait_for(check, tries=1000):
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the ledger did not catch up")
+
+
+async def cycle(spawner):
+    """One reflector cycle and the ledger's upkeep after it."""
+    done = spawner.ledger.upkeeps
+    await spawner.reflector.refresh()
+    await wait_for(lambda: spawner.ledger.upkeeps > done)
+
+
+def intervals(spawner):
+    return spawner.store.usage_between(
+        datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC), hub="mliy"
+    )
+
+
+async def launch(spawner, options=None):
+    await spawner._run_apply_user_options(options or {})
+    return await spawner.start()
+
+
+async def test_outside_stop_and_start_close_and_open_intervals(make_spawner, aws_env):
+    spawner = make_spawner()
+    await launch(spawner)
+    await cycle(spawner)
+    [running] = intervals(spawner)
+    assert (running.state, running.end, running.user, running.group) == (
+        "running",
+        None,
+        "alice",
+        "analysts",
+    )
+    assert running.hourly_usd is not None and running.volume_gib == 20
+    instance_id = running.instance_id
+
+    aws_env.ec2.stop_instances(InstanceIds=[instance_id])  # behind the hub's back
+    await cycle(spawner)
+    first, stopped = intervals(spawner)
+    assert first.end is not None and first.end == stopped.start
+    assert (stopped.state, stopped.end, stopped.hourly_usd) == ("stopped", None, None)
+
+    aws_env.ec2.start_instances(InstanceIds=[instance_id])
+    await cycle(spawner)
+    *_, closed, again = intervals(spawner)
+    assert closed.state == "stopped" and closed.end == again.start
+    assert again.state == "running" and again.end is None
+
+
+async def test_a_restarted_hub_keeps_open_intervals_without_gap_or_double_count(
+    make_spawner, tmp_path
+):
+    spawner = make_spawner()
+    await launch(spawner)
+    await cycle(spawner)
+    [before] = intervals(spawner)
+    # a new hub process: a new ledger on the same store sees the same view
+    fresh = ledger.Ledger(Store(spawner.store_url), spawner.cost_settings(), spawner._price_of)
+    assert fresh.upkeep(spawner.reflector.instances) == ([], [])
+    assert intervals(spawner) == [before]
+
+
+async def test_terminated_instance_closes_its_interval(make_spawner, aws_env):
+    spawner = make_spawner(stop_action="terminate")
+    await launch(spawner)
+    await cycle(spawner)
+    await spawner.stop()
+    await wait_for(lambda: intervals(spawner)[0].end is not None or None)
+    assert all(i.end is not None for i in intervals(spawner))
+
+
+# ---- refusals before any AWS call ----------------------------------------------------
+
+
+def with_budget(spawner_config, **group):
+    groups = {k: dict(v) for k, v in spawner_config["launch_groups"].items()}
+    groups["analysts"].update(group)
+    return groups
+
+
+def aws_calls(counts):
+    return sum(counts.values())
+
+
+async def test_a_spent_budget_refuses_with_403_and_no_aws_call(
+    make_spawner, spawner_config, counted_clients
+):
+    counts, ec2, cfn = counted_clients
+    spawner = make_spawner(
+        launch_groups=with_budget(spawner_config, budget_usd="0"), ec2_client=ec2, cfn_client=cfn
+    )
+    counts.clear()
+    with pytest.raises(web.HTTPError) as refused:
+        await spawner._run_apply_user_options({})
+    assert refused.value.status_code == 403
+    message = refused.value.jupyterhub_message
+    assert "analysts group's monthly budget is $0.00" in message
+    assert "$0.00 is spent" in message and "/hour" in message and "resets on" in message
+    assert aws_calls(counts) == 0
+    [entry] = spawner.store.audit_entries(outcome="refused")
+    assert entry.action == "launch" and "budget" in entry.reason
+
+
+async def test_a_user_budget_override_replaces_the_member_default(make_spawner, spawner_config):
+    groups = with_budget(spawner_config, member_budget_usd="0")
+    refused = make_spawner(launch_groups=groups)
+    with pytest.raises(web.HTTPError, match="403"):
+        await refused._run_apply_user_options({})
+    allowed = make_spawner(launch_groups=groups, user_budgets={"alice": "100"})
+    await allowed._run_apply_user_options({})
+    allowed._release_reservation()
+
+
+async def test_two_spawns_at_the_edge_of_a_budget_one_passes(make_spawner, spawner_config):
+    probe = make_spawner()
+    month = costs.month_of(datetime.now(UTC))
+    price = probe._price_of("m4.large")
+    first_hour = costs.hourly_cost(price, 20, Decimal("0.08"), month)
+    # room for one first hour, not two
+    budget = costs.money(first_hour * Decimal("1.5"))
+    groups = with_budget(spawner_config, budget_usd=str(budget))
+    one = make_spawner(launch_groups=groups)
+    two = make_spawner(user="bob", launch_groups=groups)
+    results = await asyncio.gather(
+        one._run_apply_user_options({}), two._run_apply_user_options({}), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, web.HTTPError)]
+    assert len(refused) == 1 and refused[0].status_code == 403
+    one._release_reservation()
+    two._release_reservation()
+
+
+async def test_over_the_server_limit_is_403_and_no_aws_call(make_spawner, counted_clients):
+    from jupyterhub import orm
+
+    counts, ec2, cfn = counted_clients
+    spawner = make_spawner(max_servers_per_user=1, ec2_client=ec2, cfn_client=cfn)
+    row = spawner.orm_spawner
+    other = orm.Spawner(user=row.user, name="other", state={"mliy": {"stack_id": "arn:x"}})
+    row.test_session.add(other)
+    row.test_session.commit()
+    counts.clear()
+    with pytest.raises(web.HTTPError) as refused:
+        await spawner._run_apply_user_options({})
+    assert refused.value.status_code == 403
+    assert "max_servers_per_user" in refused.value.jupyterhub_message
+    assert aws_calls(counts) == 0
+
+
+async def test_over_the_volume_limit_is_403(make_spawner):
+    spawner = make_spawner(max_volume_gib_per_user=10)
+    with pytest.raises(web.HTTPError) as refused:
+        await spawner._run_apply_user_options({"volume_size": 20})
+    assert refused.value.status_code == 403
+    assert "max_volume_gib_per_user" in refused.value.jupyterhub_message
+
+
+# ---- while servers run ---------------------------------------------------------------
+
+
+async def test_budget_action_stop_stops_and_records_the_reason(make_spawner, spawner_config):
+    spawner = make_spawner(launch_groups=with_budget(spawner_config, budget_usd="1000"))
+    await launch(spawner)
+    await cycle(spawner)
+    stopped = []
+
+    async def stop_server(user, server, reason):
+        stopped.append((user, server, reason))
+
+    settings = spawner.cost_settings()
+    settings.group_budgets = {"analysts": (Decimal("0"), None)}
+    settings.budget_action = "stop"
+    keeper = ledger.Ledger(spawner.store, settings, spawner._price_of, stop_server=stop_server)
+    await keeper.review()
+    assert stopped and stopped[0][:2] == ("alice", "")
+    assert "budget is spent" in stopped[0][2]
+    assert keeper.notices["alice"][0].startswith("The analysts group's monthly budget is")
+    [entry] = spawner.store.audit_entries(action="budget-stop")
+    assert entry.actor_kind == "automatic" and entry.user == "alice"
+
+
+async def test_notify_only_tells_and_stops_nothing(make_spawner, spawner_config):
+    spawner = make_spawner()
+    await launch(spawner)
+    await cycle(spawner)
+    stopped = []
+
+    async def stop_server(user, server, reason):
+        stopped.append(user)
+
+    settings = spawner.cost_settings()
+    settings.group_budgets = {"analysts": (Decimal("0"), None)}
+    keeper = ledger.Ledger(spawner.store, settings, spawner._price_of, stop_server=stop_server)
+    await keeper.review()
+    assert stopped == [] and keeper.notices["alice"]
