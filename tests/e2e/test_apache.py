@@ -315,7 +315,7 @@ def test_forged_headers_without_the_password_get_nowhere(site):
     forged = {"REMOTE_USER": "carol", "AUTHORIZE_MEMBEROF": ADMINS_DN}
     r = client().get(f"{site.url}/hub/login", headers=forged, timeout=30, allow_redirects=False)
     assert r.status_code == 401
-    # ... and outside /hub/login Apache removes them: the hub sees nobody
+    # ... and elsewhere they count for nothing: the hub sees nobody
     r = client().get(f"{site.url}/hub/api/user", headers=forged, timeout=30)
     assert r.status_code == 403, r.text
 
