@@ -211,3 +211,49 @@ async def test_notify_only_tells_and_stops_nothing(make_spawner, spawner_config)
     keeper = ledger.Ledger(spawner.store, settings, spawner._price_of, stop_server=stop_server)
     await keeper.review()
     assert stopped == [] and keeper.notices["alice"]
+
+
+def test_each_budget_in_force_gets_its_own_spend():
+    """The review's budgets: the group's shared one, each member's (an override replaces
+    the default), each with the spend costs.spent gives it; other groups' lines not counted."""
+    month = costs.parse_month("2026-11")
+    start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    end = datetime(2026, 11, 2, 19, 0, tzinfo=UTC)
+    rows = [
+        ("alice", "students", "i-1", "0.10"),
+        ("alice", "analysts", "i-2", "1.00"),  # alice in another group too
+        ("bob", "students", "i-3", "0.25"),
+        ("carol", "students", "i-4", "0.05"),
+        ("dave", "analysts", "i-5", "2.00"),
+    ]
+    intervals = [
+        costs.Interval(
+            user=user,
+            server="",
+            group=group,
+            config="small",
+            instance_id=instance,
+            instance_type="t2.micro",
+            region="us-east-1",
+            state="running",
+            start=start,
+            end=end,
+            hourly_usd=Decimal(price),
+        )
+        for user, group, instance, price in rows
+    ]
+    report = costs.report(intervals, month, datetime(2026, 11, 20, tzinfo=UTC))
+    settings = ledger.CostSettings(
+        hub_name="mliy",
+        region="us-east-1",
+        user_budgets={"bob": Decimal("7")},
+        group_budgets={"students": (Decimal("50"), Decimal("3")), "analysts": (None, None)},
+    )
+    found = ledger.Ledger(None, settings, lambda t: None)._budgets_in(report)
+    assert [(b.kind, b.name, b.amount, used) for b, used in found] == [
+        ("group", "students", Decimal("50"), Decimal("4.00")),
+        ("user", "alice", Decimal("3"), Decimal("1.00")),
+        ("user", "bob", Decimal("7"), Decimal("2.50")),
+        ("user", "carol", Decimal("3"), Decimal("0.50")),
+    ]
+    assert all(used == costs.spent(report, budget) for budget, used in found)
