@@ -65,6 +65,41 @@ def test_user_data_parameters_are_noecho(name):
     assert parameter["MaxLength"] == 4096
 
 
+def imdsv2_problems(template):
+    """What keeps an instance of ``template`` from requiring IMDSv2 with one hop."""
+    problems = []
+    for name, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::EC2::Instance":
+            options = resource["Properties"].get("MetadataOptions", {})
+        elif resource["Type"] == "AWS::EC2::LaunchTemplate":
+            options = resource["Properties"]["LaunchTemplateData"].get("MetadataOptions", {})
+        else:
+            continue
+        if options.get("HttpTokens") != "required":
+            problems.append(f"{name}: HttpTokens is {options.get('HttpTokens')!r}")
+        if options.get("HttpPutResponseHopLimit") != 1:
+            problems.append(f"{name}: hop limit {options.get('HttpPutResponseHopLimit')!r}")
+        if options.get("HttpEndpoint", "enabled") != "enabled":
+            problems.append(f"{name}: HttpEndpoint {options['HttpEndpoint']!r}")
+    return problems
+
+
+def test_every_instance_requires_imdsv2_with_one_hop():
+    # moto ignores MetadataOptions, so they are read from the template itself
+    template = parsed_template()
+    instances = [
+        r for r in template["Resources"].values() if r["Type"].startswith("AWS::EC2::Instance")
+    ]
+    assert instances
+    assert imdsv2_problems(template) == []
+    # the check can fail: IMDSv1 left on, or a second hop allowed, is reported
+    for old, new in (("HttpTokens: required", "HttpTokens: optional"), ("Limit: 1", "Limit: 2")):
+        broken = TEMPLATE.replace(old, new)
+        assert broken != TEMPLATE
+        template, matches = decode_str(broken)
+        assert not matches and imdsv2_problems(template)
+
+
 def test_conditions_and_outputs():
     template = parsed_template()
     assert set(template["Conditions"]) == {
