@@ -486,6 +486,11 @@ class Store:
             ).all()
         return [_instance(row) for row in rows]
 
+    def instance_ids(self):
+        """The ids of every instance a server of this hub records (a set)."""
+        with self._read() as conn, conn.begin():
+            return {row[0] for row in conn.execute(select(instances.c.instance_id))}
+
     def forget_instance(self, instance_id):
         """Delete the instance and its progress; True if it was known."""
         with self._write() as conn, conn.begin():

@@ -84,6 +84,19 @@ class ServiceHub(HubClient):
         """How many times the hub has answered ``GET /hub/api/user`` (a token check)."""
         return len(_TOKEN_CHECK.findall(self.hub_log_text()))
 
+    def browser(self, user):
+        """A ``requests`` session logged in to the hub as ``user`` (DummyAuthenticator),
+        as a browser would be after the login form; close it when done."""
+        session = requests.Session()
+        session.get(f"{self.public_url}/hub/login", timeout=30)
+        r = session.post(
+            f"{self.public_url}/hub/login",
+            data={"username": user, "password": "any", "_xsrf": session.cookies.get("_xsrf")},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        return session
+
     def hub_log_text(self):
         return log_tail(self.hub_log, chars=None)
 

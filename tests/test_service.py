@@ -829,20 +829,6 @@ def _creds():
     }
 
 
-def _browser_login(hub, user):
-    """A requests session logged in to the hub as ``user`` (DummyAuthenticator)."""
-    browser = requests.Session()
-    browser.get(f"{hub.public_url}/hub/login", timeout=30)
-    xsrf = browser.cookies.get("_xsrf")
-    r = browser.post(
-        f"{hub.public_url}/hub/login",
-        data={"username": user, "password": "any", "_xsrf": xsrf},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return browser
-
-
 def test_instances_page_lists_own_instances_escaped(hub, store):
     _user(hub, "hana")
     instance_id = instance_id_for("hana", "gpu")
@@ -854,7 +840,7 @@ def test_instances_page_lists_own_instances_escaped(hub, store):
     assert anonymous.status_code == 302
     assert "/hub/api/oauth2/authorize" in anonymous.headers["Location"]
 
-    browser = _browser_login(hub, "hana")
+    browser = hub.browser("hana")
     try:
         page = browser.get(f"{hub.service_url}/", timeout=30)
     finally:
@@ -878,7 +864,7 @@ def _page_oauth_token(hub, user):
     It is in the page's login cookie, a tornado signed value
     ``2|1:0|10:<time>|<n>:<name>|<n>:<base64 token>|<signature>``.
     """
-    browser = _browser_login(hub, user)
+    browser = hub.browser(user)
     try:
         page = browser.get(f"{hub.service_url}/", timeout=30)
         assert page.status_code == 200, page.text

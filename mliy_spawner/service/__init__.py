@@ -10,6 +10,7 @@ environment it reads) behind the proxy at ``/services/mliy/``. Endpoints, answer
 rules: ``docs/service.md``.
 """
 
+import json
 import os
 import sys
 
@@ -108,6 +109,9 @@ def configure_service(
     log_levels=None,
     aws_endpoint_url=None,
     environment=None,
+    cost_timezone=None,
+    team_visibility="members",
+    group_admins=None,
 ):
     """Add the ``mliy`` service and its role to the hub config ``c``; returns the service dict.
 
@@ -126,6 +130,11 @@ def configure_service(
     - ``log_dir``, ``log_levels``: see :func:`mliy_spawner.logs.configure_logging`.
     - ``aws_endpoint_url``: a CloudFormation stand-in (moto) instead of AWS.
     - ``environment``: more environment variables for the service process.
+    - ``cost_timezone``: the time zone of cost months (default: ``c.MLiySpawner.
+      cost_timezone`` when set, else UTC), so the pages count months as the budgets do.
+    - ``team_visibility``: ``"members"`` (a launch group's members see its costs on the
+      Team page and through the API) or ``"admins"`` (only its ``group_admins``).
+    - ``group_admins``: ``{"launch group": ["user", ...]}``, each group's admins.
     """
     from jupyterhub.utils import random_port
     from sqlalchemy.engine import make_url
@@ -147,6 +156,18 @@ def configure_service(
     if "store_url" not in c.MLiySpawner and not make_url(str(store_url)).password:
         c.MLiySpawner.store_url = str(store_url)
     parse_levels(log_levels)  # fail at config time, naming the bad key
+    if team_visibility not in ("members", "admins"):
+        raise ValueError(f"team_visibility is {team_visibility!r}; allowed: members, admins")
+    group_admins = dict(group_admins or {})
+    for group, names in group_admins.items():
+        if (
+            not isinstance(group, str)
+            or isinstance(names, str)
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise ValueError(f"group_admins[{group!r}] is {names!r}; allowed: a list of user names")
+    if cost_timezone is None:
+        cost_timezone = _get(c.MLiySpawner, "cost_timezone")
     services = list(_get(c.JupyterHub, "services", []))
     if any(s.get("name") == name for s in services):
         raise ValueError(f"c.JupyterHub.services already has a service named {name!r}")
@@ -162,6 +183,11 @@ def configure_service(
         env["MLIY_LOG_DIR"] = os.path.abspath(log_dir)
     if log_levels:
         env["MLIY_LOG_LEVELS"] = ",".join(f"{k}={v}" for k, v in log_levels.items())
+    if cost_timezone:
+        env["MLIY_COST_TIMEZONE"] = str(cost_timezone)
+    env["MLIY_TEAM_VISIBILITY"] = team_visibility
+    if group_admins:
+        env["MLIY_GROUP_ADMINS"] = json.dumps({g: list(n) for g, n in group_admins.items()})
     env.update(environment or {})
 
     service = {

@@ -20,20 +20,28 @@ JupyterHub starts the service with ``JUPYTERHUB_SERVICE_URL`` (where to listen),
 ``MLIY_STOP_TIMEOUT``      seconds restart/terminate wait for a server to stop (300)
 ``MLIY_TEMPLATE_PATHS``    folders (``:``-separated) searched before the shipped templates
 ``MLIY_BOOTSTRAP_CHECK_ADDRESS`` ``0``: take a bootstrap code from any address (NAT, the demo)
+``MLIY_COST_TIMEZONE``     the time zone cost months are counted in (default ``UTC``; the
+                           spawner's ``cost_timezone``)
+``MLIY_TEAM_VISIBILITY``   ``members`` (default): a launch group's costs are shown to its
+                           members; ``admins``: only to the group's admins
+``MLIY_GROUP_ADMINS``      JSON ``{"group": ["user", ...]}``: each launch group's admins
 """
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth, HubOAuth
 from tornado import web
 
+from .. import costs
 from ..store import Store, store_url_from_env
 from ..util import run_blocking, template_environment
 from .actions import InstanceActions
 from .bootstrap import BootstrapHandler
+from .costs import BillingPage, CostsAPIHandler, MyCostsPage, TeamPage
 from .handlers import (
     InstanceActionHandler,
     InstancesPage,
@@ -73,6 +81,43 @@ def _networks(environ, name, default):
     return cidrs
 
 
+def _timezone(environ, name):
+    value = environ.get(name, "").strip() or "UTC"
+    try:
+        costs.zone(value)
+    except costs.CostError:
+        raise ValueError(
+            f"{name}={value!r} is not a time zone name like UTC or Europe/Paris"
+        ) from None
+    return value
+
+
+TEAM_VISIBILITY = ("members", "admins")
+
+
+def _choice(environ, name, allowed):
+    value = environ.get(name, "").strip() or allowed[0]
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def parse_group_admins(text, name="MLIY_GROUP_ADMINS"):
+    """``'{"students": ["ann"]}'`` -> ``{"students": frozenset({"ann"})}``."""
+    if not (text or "").strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{name} is not JSON ({e})") from None
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(u, str) for u in v)
+        for k, v in raw.items()
+    ):
+        raise ValueError(f'{name} must be a JSON object like {{"students": ["ann", "bob"]}}')
+    return {group: frozenset(users) for group, users in raw.items()}
+
+
 def parse_log_levels(text):
     """``"service=DEBUG, aws=info"`` -> ``{"service": "DEBUG", "aws": "info"}``."""
     levels = {}
@@ -105,6 +150,9 @@ class Settings:
     template_paths: tuple = ()
     # refuse a bootstrap code posted from another address than the instance's own
     bootstrap_check_address: bool = True
+    cost_timezone: str = "UTC"
+    team_visibility: str = "members"
+    group_admins: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ=None):
@@ -139,6 +187,9 @@ class Settings:
             template_paths=tuple(
                 p for p in env.get("MLIY_TEMPLATE_PATHS", "").split(os.pathsep) if p
             ),
+            cost_timezone=_timezone(env, "MLIY_COST_TIMEZONE"),
+            team_visibility=_choice(env, "MLIY_TEAM_VISIBILITY", TEAM_VISIBILITY),
+            group_admins=parse_group_admins(env.get("MLIY_GROUP_ADMINS", "")),
         )
 
     @property
@@ -221,6 +272,10 @@ def make_app(settings, store=None):
     handlers = [
         (prefix, InstancesPage, args),
         (prefix + "oauth_callback", OAuthCallbackHandler, args),
+        (prefix + "costs", MyCostsPage, args),
+        (prefix + "costs/team", TeamPage, args),
+        (prefix + "costs/billing", BillingPage, args),
+        (prefix + r"api/costs(?P<fmt>\.csv|)", CostsAPIHandler, args),
         # named groups name a URL part that is not UTF-8 in the 400 (decode_argument)
         (prefix + r"api/progress/(?P<instance_id>[^/]+)", ProgressHandler, args),
         (prefix + r"api/bootstrap/([^/]+)", BootstrapHandler, args),

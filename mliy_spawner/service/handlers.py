@@ -337,11 +337,12 @@ class NotFoundHandler(BaseHandler):
         raise APIError(404, f"no such endpoint: {shorten(self.request.path)}")
 
 
-class InstancesPage(Guarded, HubOAuthenticated, web.RequestHandler):
-    """``GET <prefix>``: the logged-in user's instances and their latest step (HTML).
+class HubPage(Guarded, HubOAuthenticated, web.RequestHandler):
+    """A page for browsers, who log in through the hub's OAuth (``HubOAuth``)."""
 
-    Browsers log in through the hub's OAuth (``HubOAuth``); the page only reads.
-    """
+    #: what the page's HTML may load: styles from the hub (same origin through the
+    #: proxy) and inline SVG; no script at all
+    content_security_policy = "default-src 'none'; style-src 'self' 'unsafe-inline'"
 
     def initialize(self, context):
         self.context = context
@@ -359,16 +360,35 @@ class InstancesPage(Guarded, HubOAuthenticated, web.RequestHandler):
             self._hub_auth_user_cache = None
             raise web.HTTPError(403, "not allowed to use this service") from None
 
+    def render_page(self, name, status=200, **context):
+        """Render the template ``name`` with ``user``, ``hub_url``, ``service_url`` and
+        ``is_admin`` (for the navigation) plus ``context``."""
+        template = self.context.templates.get_template(name)
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", self.content_security_policy)
+        model = self.current_user or {}
+        self.finish(
+            template.render(
+                user=model.get("name"),
+                is_admin=bool(model.get("admin")),
+                hub_url=self.hub_auth.hub_prefix,
+                service_url=self.context.settings.prefix,
+                **context,
+            )
+        )
+
+
+class InstancesPage(HubPage):
+    """``GET <prefix>``: the logged-in user's instances and their latest step (HTML)."""
+
     @web.authenticated
     async def get(self):
         user = self.current_user["name"]
         rows = await run_blocking(self._rows, user)
-        template = self.context.templates.get_template("service_instances.html")
-        self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-        self.finish(template.render(user=user, hub_url=self.hub_auth.hub_prefix, rows=rows))
+        self.render_page("service_instances.html", rows=rows)
 
     def _rows(self, user):
         store = self.context.store
