@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/reflector.py
 	$(BIN)/python benchmarks/storm.py
 	$(BIN)/python benchmarks/groups.py
+	$(BIN)/python benchmarks/ledger.py
 
 clean:
 	rm -rf $(VENV) $(NODE_PREFIX) build dist *.egg-info
