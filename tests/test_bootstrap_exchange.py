@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mliy_spawner import bootstrap
-from mliy_spawner.service.bootstrap import parse_code, refusal
+from mliy_spawner.service.bootstrap import check_content_type, parse_code, refusal
 from mliy_spawner.service.handlers import APIError
 from mliy_spawner.store import BootstrapCode, InstanceRecord
 
@@ -129,3 +129,54 @@ def test_malformed_bodies_are_400_naming_the_field(body, field):
 def test_a_good_body_gives_the_code():
     code = bootstrap.new_code()
     assert parse_code(json.dumps({"code": code}).encode()) == code
+
+
+def test_a_code_given_twice_is_400():
+    code = bootstrap.new_code()
+    for body in (f'{{"code": "{code}", "code": "{code}"}}', f'{{"code": "x", "code": "{code}"}}'):
+        with pytest.raises(APIError) as e:
+            parse_code(body.encode())
+        assert e.value.status == 400 and "'code' more than once" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(lambda c: {"code": f" {c}"}, id="padded"),
+        pytest.param(lambda c: {"code": c + "\n"}, id="newline"),
+        pytest.param(lambda c: {"code": c * 2 + "x"}, id="too-long"),
+        pytest.param(lambda c: {"code": [c]}, id="in-a-list"),
+        pytest.param(lambda c: {c: c}, id="as-a-field-name"),
+        pytest.param(lambda c: [c], id="body-list"),
+        pytest.param(lambda c: c, id="body-string"),
+    ],
+)
+def test_a_refused_body_never_echoes_the_code(body):
+    # the message is answered and logged: a code sent slightly wrong is still the code
+    code = bootstrap.new_code()
+    with pytest.raises(APIError) as e:
+        parse_code(json.dumps(body(code)).encode())
+    assert e.value.status == 400
+    assert code[:8] not in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("Application/JSON", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("", False),
+        (None, False),
+        ("application/json-patch+json", False),
+    ],
+)
+def test_the_content_type_must_be_json(value, ok):
+    if ok:
+        check_content_type(value)
+    else:
+        with pytest.raises(APIError) as e:
+            check_content_type(value)
+        assert e.value.status == 415 and "Content-Type" in e.value.message

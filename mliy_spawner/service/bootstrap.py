@@ -18,6 +18,7 @@ import re
 from .. import bootstrap
 from ..util import run_blocking, shorten
 from .handlers import APIError, BaseHandler
+from .validation import ReportError, check_instance_id
 
 log = logging.getLogger("mliy.service")
 
@@ -30,19 +31,61 @@ def parse_code(body):
     if len(body) > _MAX_BODY:
         raise APIError(400, f"body is {len(body)} bytes; allowed: at most {_MAX_BODY}")
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_once)
+    except _Twice as e:
+        raise APIError(400, f"body gives the field {shorten(e.name)} more than once") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise APIError(400, 'body is not JSON; allowed: {"code": "<bootstrap code>"}') from None
     if not isinstance(data, dict) or set(data) != {"code"}:
-        raise APIError(400, f'body is {shorten(data)}; allowed: {{"code": "<bootstrap code>"}}')
+        raise APIError(400, f'body is {_describe(data)}; allowed: {{"code": "<bootstrap code>"}}')
     code = data["code"]
     if not isinstance(code, str) or not _CODE.fullmatch(code):
         raise APIError(
             400,
-            f"code is {shorten(code)}; allowed: the bootstrap code from the user data "
+            f"code is {_describe(code)}; allowed: the bootstrap code from the user data "
             f"(16 to {bootstrap.MAX_CODE_LENGTH} characters of A-Z a-z 0-9 _ -)",
         )
     return code
+
+
+def _describe(value):
+    """What ``value`` is, without its text: a code sent slightly wrong (padded, a
+    newline) is still the code, and answers and logs must never show it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    # not the fields' names: a code may be sent as one
+    return f"an object of {len(value)} fields" + ("" if "code" in value else ", none named code")
+
+
+class _Twice(Exception):
+    def __init__(self, name):
+        self.name = name
+
+
+def _once(pairs):
+    """A JSON object whose fields are each given once (``{"code": a, "code": b}`` is
+    ambiguous: which code did the client mean?)."""
+    data = {}
+    for name, value in pairs:
+        if name in data:
+            raise _Twice(name)
+        data[name] = value
+    return data
+
+
+def check_content_type(value):
+    """The bootstrap script posts ``application/json``; anything else is 415."""
+    media_type = (value or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(415, f"Content-Type is {shorten(value or '')}; allowed: application/json")
 
 
 def refusal(row, owner, instance_id, address, check_address):
@@ -75,6 +118,12 @@ class BootstrapHandler(BaseHandler):
     """``POST api/bootstrap/<instance-id>`` with ``{"code": ...}``."""
 
     async def post(self, instance_id):
+        self.check_query()
+        try:
+            check_instance_id(instance_id)
+        except ReportError as e:
+            raise APIError(400, str(e)) from None
+        check_content_type(self.request.headers.get("Content-Type"))
         code = parse_code(self.request.body)
         code_id = bootstrap.code_id(code)
         store = self.context.store
