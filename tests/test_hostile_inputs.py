@@ -266,3 +266,21 @@ def test_the_logs_never_show_a_code_or_token(hub, store):
     )  # the service's own output goes to the hub's log too
     assert f"Bootstrap for instance '{instance_id}' from 127.0.0.3 refused" in logs
     assert code not in logs and token not in logs
+
+
+def test_with_the_address_check_off_another_address_passes(tmp_path):
+    # MLIY_BOOTSTRAP_CHECK_ADDRESS=0 (NAT set-ups, the demo): the case address-other
+    # above, which the default refuses, gets the token; every other check still holds
+    hub = start_hub(tmp_path, environment={**UNLIMITED, "MLIY_BOOTSTRAP_CHECK_ADDRESS": "0"})
+    store = Store(hub.store_url)
+    try:
+        code, instance_id, token = _new_code(store, "nat")
+        got, _, text = _send(hub, "POST", "i-0123456789abcdef0", "127.0.0.3", JSON, _OK(code))
+        assert got == 403 and "another instance" in text
+        got, _, text = _send(hub, "POST", instance_id, "127.0.0.3", JSON, _OK(code))
+        assert (got, json.loads(text).get("token")) == (200, token), text
+        got, _, text = _send(hub, "POST", instance_id, "127.0.0.3", JSON, _OK(code))
+        assert got == 403 and "used already" in text
+    finally:
+        store.close()
+        hub.stop()
