@@ -110,8 +110,7 @@ HOSTILE = [
     _case("id-traversal", _OK, 400, ["instance id", "EC2"], path="..%2F..%2Fhub%2Fapi"),
     _case("id-dotdot", _OK, 400, ["instance id"], path=".."),
     _case("id-nul", _OK, 400, ["instance id"], path=_IID + "%00"),
-    # app.py's route names no part, so this is the URL path's message, not "instance id"
-    _case("id-not-utf8", _OK, 400, ["path", "not UTF-8"], path="i-%FF"),
+    _case("id-not-utf8", _OK, 400, ["instance id", "not UTF-8"], path="i-%FF"),
     _case("id-uppercase", _OK, 400, ["instance id"], path="i-0123456789ABCDEF0"),
     _case("id-300-digits", _OK, 400, ["instance id"], path="i-" + "0" * 300),
     _case("id-lookalike", _OK, 400, ["instance id"], path="i-%EF%BC%90123456789abcdef0"),

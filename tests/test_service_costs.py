@@ -53,7 +53,17 @@ USAGE = [
     _interval("ann", "gpu", "students", "i-0b", 100, day=4, state=costs.STOPPED),
     _interval("bob", "", "students", "i-0c", 48, day=10, config="big"),
     # a type the catalog lacks: unknown, never 0
-    _interval("cat", "", "staff", "i-0d", 5, day=2, hourly=None, instance_type="x9.huge"),
+    _interval(
+        "cat",
+        "",
+        "staff",
+        "i-0d",
+        5,
+        day=2,
+        hourly=None,
+        instance_type="x9.huge",
+        config="<b>x</b>",
+    ),
     _interval("=cmd|' /C calc'!A0", "", "staff", "i-0e", 2, day=6),
 ]
 
@@ -228,20 +238,18 @@ def hub(tmp_path_factory):
     hub.create_user("root", admin=True)
     store = Store(hub.store_url)
     store.update_usage(open=USAGE)
-    # one server running now, for "what runs now"; an instance no server records
+    # two servers running now, for "what runs now": i-0a is recorded by a server of
+    # this hub, i-0f by none (orphaned)
+    now = datetime.now(UTC)
     store.update_usage(
         open=[
             _interval(
-                "bob",
-                "live",
-                "students",
-                "i-0f",
-                0,
-                start=datetime.now(UTC) - timedelta(hours=2),
-                end=None,
-            )
+                "bob", "live", "students", "i-0f", 0, start=now - timedelta(hours=2), end=None
+            ),
+            _interval("ann", "", "students", "i-0a", 0, start=now - timedelta(hours=1), end=None),
         ]
     )
+    store.record_instance("i-0a", "ann", "", "", "us-east-1")
     store.close()
     hub.create_user("lead")
     hub.tokens = {name: hub.user_token(name) for name in ("ann", "bob", "cat", "lead", "root")}
@@ -324,22 +332,33 @@ def test_api_without_a_token_is_401(hub):
     assert r.status_code == 401
 
 
-def test_pages_show_costs_by_visibility(hub):
-    browser = hub.browser("ann")
+def _pages(hub, user, *paths):
+    """GET each of ``paths`` (under the service) in a browser logged in as ``user``."""
+    browser = hub.browser(user)
     try:
-        mine = browser.get(f"{hub.service_url}/costs?month=2026-11", timeout=30)
-        team = browser.get(f"{hub.service_url}/costs/team?month=2026-11", timeout=30)
-        billing = browser.get(f"{hub.service_url}/costs/billing", timeout=30)
-        other = browser.get(f"{hub.service_url}/costs/team?group=staff", timeout=30)
-        bad = browser.get(f"{hub.service_url}/costs?month=13-2026", timeout=30)
-        download = browser.get(f"{hub.service_url}/api/costs.csv?month=2026-11", timeout=30)
+        return [browser.get(f"{hub.service_url}/{path}", timeout=30) for path in paths]
     finally:
         browser.close()
+
+
+def test_pages_show_costs_by_visibility(hub):
+    mine, team, one, billing, other, bad, download = _pages(
+        hub,
+        "ann",
+        "costs?month=2026-11",
+        "costs/team?month=2026-11",
+        "costs/team?month=2026-11&group=students&user=bob",
+        "costs/billing",
+        "costs/team?group=staff",
+        "costs?month=13-2026",
+        "api/costs.csv?month=2026-11",
+    )
     assert mine.status_code == 200, mine.text
     assert f"${costs.money(_report(user='ann').total)}" in mine.text
-    assert "<svg" in mine.text and "bob" not in mine.text.replace("navbar", "")
-    assert team.status_code == 200 and "bob" in team.text
+    assert "<svg" in mine.text and "bob" not in mine.text
+    assert team.status_code == 200 and "<td>bob</td>" in team.text and "<td>ann</td>" in team.text
     assert f"${costs.money(_report(group='students').total)}" in team.text
+    assert one.status_code == 200 and "bob" in one.text and "<td>ann</td>" not in one.text
     assert billing.status_code == 403 and "hub admins" in billing.text
     assert other.status_code == 403
     assert bad.status_code == 400 and "month" in bad.text
@@ -348,17 +367,15 @@ def test_pages_show_costs_by_visibility(hub):
 
 
 def test_billing_page_for_admins_flags_unknown_and_orphaned(hub):
-    browser = hub.browser("root")
-    try:
-        page = browser.get(f"{hub.service_url}/costs/billing?month=2026-11", timeout=30)
-        now = browser.get(f"{hub.service_url}/costs/billing", timeout=30)
-    finally:
-        browser.close()
+    page, now = _pages(hub, "root", "costs/billing?month=2026-11", "costs/billing")
     assert page.status_code == 200, page.text
     assert f"${costs.money(_report().total):,}" in page.text
     assert "unknown price" in page.text
-    # escaped, never markup
+    # names are escaped, never markup
     assert "=cmd|&#39; /C calc&#39;!A0" in page.text
+    assert "&lt;b&gt;x&lt;/b&gt;" in page.text and "<b>x</b>" not in page.text
     assert now.status_code == 200
-    assert "i-0f" in now.text and "orphaned" in now.text
-    assert "Running now: 1 server(s), $0.0116/hour" in now.text
+    flagged = '<code>{}</code></td><td class="unknown">orphaned'
+    assert flagged.format("i-0f") in now.text
+    assert flagged.format("i-0a") not in now.text
+    assert "Running now: 2 server(s), $0.0232/hour" in now.text

@@ -278,7 +278,7 @@ def make_app(settings, store=None):
         (prefix + r"api/costs(?P<fmt>\.csv|)", CostsAPIHandler, args),
         # named groups name a URL part that is not UTF-8 in the 400 (decode_argument)
         (prefix + r"api/progress/(?P<instance_id>[^/]+)", ProgressHandler, args),
-        (prefix + r"api/bootstrap/([^/]+)", BootstrapHandler, args),
+        (prefix + r"api/bootstrap/(?P<instance_id>[^/]+)", BootstrapHandler, args),
         (prefix + r"ajax/progress/(?P<instance_id>[^/]+)/(?P<tail>.+)", MLiyProgressHandler, args),
         (
             prefix + r"api/instances/(?P<instance_id>[^/]+)/(?P<action>[^/]+)",

@@ -194,8 +194,8 @@ class TeamPage(CostPage):
             group = mine[0]
         if group is None:
             return {"report": costs.Report(month, []), "groups": mine, "group": None}
-        user, group = visible(model, None, group, settings.team_visibility, settings.group_admins)
-        report = await self.read(month, group=group)
+        user, group = visible(model, user, group, settings.team_visibility, settings.group_admins)
+        report = await self.read(month, user=user, group=group)
         return {"report": report, "groups": mine, "group": group, "csv_group": group}
 
 
@@ -210,7 +210,7 @@ class BillingPage(CostPage):
         report = await self.read(month)
         known = await run_blocking(self.context.store.instance_ids)
         running = [line for line in report.lines if line.state == costs.RUNNING]
-        flagged = [(line, _flags(line, known)) for line in report.lines if _flags(line, known)]
+        flagged = [(line, why) for line in report.lines if (why := _flags(line, known))]
         return {
             "report": report,
             "by_group": report.by("group"),

@@ -69,14 +69,19 @@ def _hub_user(demo, token):
     )
 
 
-def test_nothing_aws_shows_about_a_server_grants_anything(demo, new_user):
+def _ready_server(demo, new_user):
+    """A new analyst's default server, ready: ``(user, stack, instance)``."""
     user = new_user(group="analysts")
     options = {"launch_group": "analysts", "software_config": "python"}
     r = demo.api("POST", f"/users/{user}/server", json={"user_options": options})
     assert r.status_code in (201, 202), r.text
     demo.wait_ready(user)
     [stack] = demo.stacks(user, "")
-    instance = demo.instance_of(stack["StackId"])
+    return user, stack, demo.instance_of(stack["StackId"])
+
+
+def test_nothing_aws_shows_about_a_server_grants_anything(demo, new_user):
+    user, stack, instance = _ready_server(demo, new_user)
     instance_id = instance["InstanceId"]
 
     # the token the server got: in its mode-600 env file on the instance's "disk"
@@ -113,13 +118,7 @@ def test_nothing_aws_shows_about_a_server_grants_anything(demo, new_user):
 
 
 def test_an_expired_code_is_refused_and_a_fresh_one_passes_from_anywhere(demo, new_user):
-    user = new_user(group="analysts")
-    options = {"launch_group": "analysts", "software_config": "python"}
-    r = demo.api("POST", f"/users/{user}/server", json={"user_options": options})
-    assert r.status_code in (201, 202), r.text
-    demo.wait_ready(user)
-    [stack] = demo.stacks(user, "")
-    instance = demo.instance_of(stack["StackId"])
+    user, stack, instance = _ready_server(demo, new_user)
     instance_id, private_ip = instance["InstanceId"], instance["PrivateIpAddress"]
     store = Store(f"sqlite:///{demo.data_dir / 'mliy.sqlite'}")
     try:
