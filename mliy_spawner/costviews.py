@@ -34,6 +34,20 @@ MAX_NAME = 255
 UNKNOWN = "unknown"
 
 
+def dollars(value):
+    """``$12.34`` (rounded half up to the cent), or ``unknown`` for None: pages and forms."""
+    return UNKNOWN if value is None else f"${costs.money(value):,}"
+
+
+def rate(value):
+    """``$0.0116``: an hourly price as exact as the catalog gives it (at least cents)."""
+    if value is None:
+        return UNKNOWN
+    text = f"{value.normalize():f}"
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def check_name(value, parameter):
     """A user or group name from a query: text, 1..255 characters, no control or
     format characters (NUL, newlines, bidi overrides). Returns it unchanged."""

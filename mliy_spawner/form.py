@@ -27,9 +27,12 @@ inline script disabled them or not. Plain ``software_config``, ``instance_type``
 
 import logging
 import re
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 from markupsafe import Markup
 
+from . import costs, costviews
 from .configs import USER_OPTION_KEYS, OptionsError, groups_for_user, resolve_options
 from .pricing import PricingError
 from .util import template_environment, user_error
@@ -81,6 +84,61 @@ class _Rows:
         return row
 
 
+@dataclass(frozen=True)
+class Spend:
+    """What the form tells a user about money this month (the spawner reads the ledger).
+
+    ``total``: the user's known spend this month, every group; ``unknown``: how many of
+    the user's servers have a price the catalog lacks; ``budgets``: ``{group name:
+    [(Budget, spent, reserved)]}`` for the groups with budgets; ``gib_month_usd``: the
+    volume price (None: unknown), for the first hour of each choice.
+    """
+
+    month: costs.Month
+    total: Decimal
+    unknown: int = 0
+    budgets: dict = field(default_factory=dict)
+    gib_month_usd: Decimal | None = None
+
+
+def _budget_view(spend, group_name):
+    """The budget line of one group: each budget with its spend and what is left."""
+    entries = spend.budgets.get(group_name) if spend is not None else None
+    if not entries:
+        return None
+    lines = [
+        {
+            "label": budget.label[0].upper() + budget.label[1:],
+            "amount": costviews.dollars(budget.amount),
+            "spent": costviews.dollars(used),
+            "left": max(budget.amount - used - reserved, Decimal(0)),
+        }
+        for budget, used, reserved in entries
+    ]
+    left = min(line["left"] for line in lines)
+    return {
+        "lines": [{**line, "left": costviews.dollars(line["left"])} for line in lines],
+        "left": left,
+        "spent_out": left <= 0,
+    }
+
+
+def _type_rows(rows, types, spend, budget, volume):
+    """The instance-type rows of one block, each flagged when its first hour would go
+    over the group's budget (or cannot be checked against it: its price is unknown)."""
+    found = []
+    for name in types:
+        row = dict(rows[name])
+        row["over_budget"] = False
+        if budget is not None:
+            first = costs.hourly_cost(
+                row["price"], volume["value"] if volume else None, spend.gib_month_usd, spend.month
+            )
+            row["over_budget"] = first is None or first > budget["left"]
+        found.append(row)
+    return found
+
+
 def _choice(saved_options, available_groups, configs):
     """The saved options when they are still allowed, else the defaults (or None)."""
     if saved_options:
@@ -94,11 +152,12 @@ def _choice(saved_options, available_groups, configs):
         return None
 
 
-def _view(available_groups, configs, catalog, region, choice):
+def _view(available_groups, configs, catalog, region, choice, spend=None):
     rows = _Rows(catalog, region)
     groups = []
     for gi, group in enumerate(available_groups):
         chosen_group = choice is not None and choice.group.name == group.name
+        budget = _budget_view(spend, group.name)
         blocks = []
         for ci, slug in enumerate(group.software_configs):
             config = configs[slug]
@@ -128,7 +187,7 @@ def _view(available_groups, configs, catalog, region, choice):
                     # Admin-written HTML from the configuration, never user input.
                     "description": Markup(config.description),
                     "selected": chosen_block or (not chosen_group and ci == 0),
-                    "types": [rows[name] for name in types],
+                    "types": _type_rows(rows, types, spend, budget, volume),
                     "checked": checked,
                     "volume": volume,
                 }
@@ -138,6 +197,7 @@ def _view(available_groups, configs, catalog, region, choice):
                 "id": f"mliy-g{gi}",
                 "name": group.name,
                 "selected": chosen_group,
+                "budget": budget,
                 "blocks": blocks,
             }
         )
@@ -154,6 +214,7 @@ def render_form(
     saved_options,
     template_paths=(),
     template_name="form.html",
+    spend=None,
 ):
     """Return the options form's HTML for one user.
 
@@ -161,7 +222,9 @@ def render_form(
     ``configs`` is ``{slug: SoftwareConfig}``, ``catalog`` a
     :class:`~mliy_spawner.pricing.PriceCatalog` (or None: no prices), ``region`` the
     region whose prices to show. ``saved_options`` (the last ``user_options``) are
-    pre-selected when they are still allowed; otherwise the defaults are. Templates are
+    pre-selected when they are still allowed; otherwise the defaults are. ``spend`` (a
+    :class:`Spend`, or None) adds this month's spend and each group's budget line, and
+    flags the instance types whose first hour would go over it. Templates are
     looked up in ``template_paths`` first, then in the package; everything is escaped
     except configuration descriptions, which are admin HTML.
     """
@@ -169,8 +232,16 @@ def render_form(
     context = {
         "user_name": user_name,
         "region": region,
-        "groups": _view(available_groups, configs, catalog, region, choice),
+        "groups": _view(available_groups, configs, catalog, region, choice, spend),
         "choice": choice,
+        "spend": None
+        if spend is None
+        else {
+            "month": spend.month.key,
+            "total": costviews.dollars(spend.total),
+            "unknown": spend.unknown,
+            "resets": f"{spend.month.end:%Y-%m-%d %H:%M} UTC",
+        },
     }
     template = template_environment(tuple(template_paths)).get_template(template_name)
     return template.render(context)

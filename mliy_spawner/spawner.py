@@ -630,15 +630,65 @@ class MLiySpawner(Spawner):
         # the price catalog may (re)load its file: keep that off the event loop
         catalog = pricing.get_catalog(spawner.pricing_file or None)
         saved = spawner.user_options or spawner.stack.launch_options or {}
+        groups = spawner.available_groups()
         return await run_blocking(
             form.render_form,
             user_name=spawner.user.name,
-            available_groups=spawner.available_groups(),
+            available_groups=groups,
             configs=spawner.parsed_configs,
             catalog=catalog,
             region=spawner.region,
             saved_options=saved,
             template_paths=spawner.form_template_paths,
+            spend=await spawner._form_spend(groups),
+        )
+
+    async def _form_spend(self, groups):
+        """This month's spend and each group's budget left, for the form (None: unknown)."""
+        settings = self.cost_settings()
+        now = datetime.now(UTC)
+        month = costs.month_of(now, settings.timezone)
+        budgeted = {group.name: self._budgets_for_group(group) for group in groups}
+        budgeted = {name: found for name, found in budgeted.items() if found}
+
+        def read():
+            mine = costs.report(
+                self.store.usage_between(
+                    month.start, month.end, hub=self.hub_name, user=self.user.name
+                ),
+                month,
+                now,
+            )
+            per_group = {
+                name: costs.report(
+                    self.store.usage_between(month.start, month.end, hub=self.hub_name, group=name),
+                    month,
+                    now,
+                )
+                for name in budgeted
+            }
+            return mine, per_group
+
+        try:
+            await self._connect_store()
+            mine, per_group = await run_blocking(read)
+        except Exception as e:
+            # the form still works; the budget check at start is what enforces budgets
+            log.warning("Spend of %s for the options form: %s", self.user.name, e)
+            return None
+        reserved = ledger.shared_gate((self.hub_name,)).reserved()
+        return form.Spend(
+            month=month,
+            total=mine.total,
+            unknown=mine.unknown_lines,
+            budgets={
+                name: [
+                    (budget, costs.spent(per_group[name], budget), reserved.get(budget, 0))
+                    for budget in found
+                ]
+                for name, found in budgeted.items()
+            },
+            gib_month_usd=settings.gib_month_usd,
         )
 
     # ---- money: the usage ledger, budgets and limits ---------------------------------
@@ -848,8 +898,10 @@ class MLiySpawner(Spawner):
         return user_error(403, message)
 
     def _budgets_for(self, choice):
+        return self._budgets_for_group(choice.group)
+
+    def _budgets_for_group(self, group):
         settings = self.cost_settings()
-        group = choice.group
         return costs.budgets_for(
             self.user.name,
             group.name,

@@ -11,14 +11,18 @@ value and says what is allowed; ``apply_options`` touches nothing else, so nothi
 launched (the spawner-level test asserts that no AWS call is made).
 """
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pytest
 from tornado.web import HTTPError
 
+from mliy_spawner import costs
 from mliy_spawner.configs import parse_launch_groups, parse_software_configs, resolve_options
 from mliy_spawner.form import (
+    Spend,
     apply_options,
     options_from_form,
     options_from_query,
@@ -832,3 +836,88 @@ def test_query_misspelt_option_is_rejected(setup):
     with pytest.raises(HTTPError) as info:
         apply(setup, options)
     check_400(info.value, "user_options", "allowed keys: launch_group", "instance_typ")
+
+
+# ---- this month's spend and the budget line -------------------------------------------
+
+
+TYPES = ("t2.nano", "m3.medium", "m4.large", "r4.large", "z9.large")
+
+
+def spend_of(setup, group="students", amount="1.00", used="0.40", reserved="0", kind="group"):
+    name = group if kind == "group" else "alice"
+    budget = costs.Budget(kind, name, group, Decimal(amount))
+    return Spend(
+        month=costs.month_of(datetime(2026, 11, 15, tzinfo=UTC)),
+        total=Decimal("12.345"),
+        unknown=1,
+        budgets={group: [(budget, Decimal(used), Decimal(reserved))]},
+        gib_month_usd=Decimal("0.08"),
+    )
+
+
+def budget_text(html):
+    form = Form(html)
+    return " ".join("".join(form.text).split())
+
+
+def test_spend_and_budget_left_are_shown(setup):
+    html, form = render(setup, ["students"], spend=spend_of(setup))
+    text = budget_text(html)
+    assert "Your spend in 2026-11: $12.35 plus 1 server(s) whose price is unknown." in text
+    assert "The students group's monthly budget: $1.00; $0.40 spent this month" in text
+    assert "$0.60 left" in text and "reset on 2026-12-01 00:00 UTC" in text
+    assert not form.find("div", class_="alert alert-danger py-2 mliy-budget")
+
+
+def test_choices_whose_first_hour_goes_over_are_marked(setup):
+    # $0.10 left; cpu's volume defaults to 100 GiB: 100 * 0.08 / 720 = $0.0111 an hour
+    html, form = render(setup, ["students"], spend=spend_of(setup, used="0.90"))
+    assert "$0.10 left" in budget_text(html)
+    flagged = {t: "over budget" in form.row("mliy-g0-c0", t)[-1] for t in TYPES}
+    assert flagged == {
+        "t2.nano": False,  # $0.0059 + $0.0111
+        "m3.medium": False,  # $0.067 + $0.0111
+        "m4.large": True,  # $0.108 + $0.0111
+        "r4.large": True,  # $0.133 + $0.0111
+        "z9.large": True,  # no price: it cannot be checked, so a start is refused
+    }
+
+
+def test_the_volume_asked_for_counts_in_the_first_hour(setup):
+    # 500 GiB is $0.0556 an hour: m3.medium ($0.067) no longer fits in $0.10
+    saved = {"launch_group": "students", "software_config": "cpu", "volume_size": 500}
+    _, form = render(setup, ["students"], saved=saved, spend=spend_of(setup, used="0.90"))
+    assert "over budget" in form.row("mliy-g0-c0", "m3.medium")[-1]
+    assert "over budget" not in form.row("mliy-g0-c0", "t2.nano")[-1]
+
+
+def test_a_reservation_counts_against_what_is_left(setup):
+    html, form = render(setup, ["students"], spend=spend_of(setup, reserved="0.55"))
+    assert "$0.05 left" in budget_text(html)
+    assert "over budget" in form.row("mliy-g0-c0", "m4.large")[-1]
+    assert "over budget" not in form.row("mliy-g0-c0", "t2.nano")[-1]
+
+
+def test_a_spent_budget_says_starts_are_refused_until_it_resets(setup):
+    html, form = render(setup, ["students"], spend=spend_of(setup, used="1.20"))
+    text = budget_text(html)
+    assert "$0.00 left" in text  # never a negative amount left
+    assert "The budget is spent: a start is refused until it resets on 2026-12-01" in text
+    assert form.find("div", class_="alert alert-danger py-2 mliy-budget", role="status")
+    for t in ("t2.nano", "m4.large", "m3.medium"):
+        assert "over budget" in form.row("mliy-g0-c0", t)[-1]
+
+
+def test_the_budget_line_is_only_in_its_own_group(setup):
+    html, form = render(setup, ["students", "data-science"], spend=spend_of(setup, kind="user"))
+    text = budget_text(html)
+    assert text.count("monthly budget") == 1 and "Alice's monthly budget in students" in text
+    assert "over budget" in form.row("mliy-g0-c0", "z9.large")[-1]  # students
+    # data-science has no budget: nothing is flagged, not even an unknown price
+    assert "over budget" not in form.row("mliy-g1-c0", "z9.large")[-1]
+
+
+def test_no_spend_no_money_line(setup):
+    html, _ = render(setup, ["students"])
+    assert "Your spend" not in html and "mliy-budget" not in html

@@ -2,7 +2,9 @@
 limit checks before a launch (403 and no AWS call)."""
 
 import asyncio
-from datetime import UTC, datetime
+import html as html_module
+import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -146,6 +148,66 @@ async def test_two_spawns_at_the_edge_of_a_budget_one_passes(make_spawner, spawn
     assert len(refused) == 1 and refused[0].status_code == 403
     one._release_reservation()
     two._release_reservation()
+
+
+def spent_this_month(spawner, user, seconds, instance_id, hourly=3600):
+    """A closed interval at the month's start of ``seconds`` ($1.00 a second by default)."""
+    month = costs.month_of(datetime.now(UTC))
+    return costs.Interval(
+        user=user,
+        server="",
+        group="analysts",
+        config="python",
+        instance_id=instance_id,
+        instance_type="m4.large",
+        region=spawner.region,
+        state="running",
+        start=month.start,
+        end=month.start + timedelta(seconds=seconds),
+        hourly_usd=Decimal(hourly),
+        hub=spawner.hub_name,
+    )
+
+
+def page_text(html):
+    return " ".join(html_module.unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+async def test_the_form_shows_the_spend_and_budget_left_from_the_ledger(
+    make_spawner, spawner_config
+):
+    spawner = make_spawner(launch_groups=with_budget(spawner_config, budget_usd="5"))
+    await spawner._connect_store()
+    spawner.store.update_usage(
+        open=[
+            spent_this_month(spawner, "alice", 1, "i-0a"),
+            spent_this_month(spawner, "bob", 3, "i-0b"),
+        ]
+    )
+    month = costs.month_of(datetime.now(UTC)).key
+    html = await spawner._render_options_form(spawner)
+    text = page_text(html)
+    assert f"Your spend in {month}: $1.00 ." in text  # alice's own
+    # the group's budget counts every member's spend: alice's and bob's
+    assert "The analysts group's monthly budget: $5.00; $4.00 spent this month, $1.00 left" in text
+    assert "mliy-over-budget" not in html
+
+    spawner.store.update_usage(open=[spent_this_month(spawner, "bob", 1, "i-0c", hourly=3420)])
+    html = await spawner._render_options_form(spawner)
+    assert "$4.95 spent this month, $0.05 left" in page_text(html)
+    assert "mliy-over-budget" in html  # m4.large's first hour is $0.11
+
+
+async def test_the_form_renders_when_the_ledger_cannot_be_read(make_spawner, spawner_config):
+    spawner = make_spawner(launch_groups=with_budget(spawner_config, budget_usd="5"))
+    await spawner._connect_store()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk I/O error")
+
+    spawner.store.usage_between = broken
+    html = await spawner._render_options_form(spawner)
+    assert 'name="launch_group"' in html and "Your spend" not in html
 
 
 async def test_over_the_server_limit_is_403_and_no_aws_call(make_spawner, counted_clients):

@@ -153,8 +153,8 @@ class CostPage(HubPage):
             month=month,
             previous_month=_shift(month, -1),
             next_month=None if month.key >= this_month.key else _shift(month, 1),
-            money=_money,
-            rate=_rate,
+            money=costviews.dollars,
+            rate=costviews.rate,
             chart=costviews.bar_chart(report.per_day()),
             csv_query=_csv_query(month, context.get("csv_user"), context.get("csv_group")),
             **context,
@@ -235,18 +235,6 @@ def _sum_known(values):
     return sum((v for v in values if v is not None), Decimal(0))
 
 
-def _money(value):
-    """``$12.34``, or ``unknown`` for None (templates)."""
-    return "unknown" if value is None else f"${costs.money(value):,}"
-
-
-def _rate(value):
-    """``$0.0116``: an hourly price as exact as the catalog gives it (at least cents)."""
-    if value is None:
-        return "unknown"
-    text = f"{value.normalize():f}"
-    whole, _, cents = text.partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
 
 
 def _shift(month, step):
