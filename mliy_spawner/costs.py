@@ -21,13 +21,16 @@ Months are calendar months in a configurable time zone (UTC by default): a month
 """
 
 import re
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 CENT = Decimal("0.01")
+_ZERO_CENTS = Decimal("0.00")
 HOUR = Decimal(3600)
 RUNNING = "running"
 STOPPED = "stopped"
@@ -90,6 +93,31 @@ def zone(name):
 
 
 @dataclass(frozen=True)
+class _Calendar:
+    """A month's boundaries, computed once per (year, month, time zone): its days, each
+    day's start (local midnight) as aware UTC, the month's end after them, its hours."""
+
+    tz: ZoneInfo
+    days: tuple  # the month's dates in its time zone
+    bounds: tuple  # bounds[i]: the start of days[i]; bounds[-1]: the month's end
+    hours: Decimal
+    index: dict  # {date: i}
+
+
+@lru_cache(maxsize=256)
+def _calendar(year, month, tz):
+    tzinfo = zone(tz)
+    first = date(year, month, 1)
+    last = date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
+    days = tuple(first + timedelta(days=n) for n in range((last - first).days))
+    bounds = tuple(
+        datetime(d.year, d.month, d.day, tzinfo=tzinfo).astimezone(UTC) for d in (*days, last)
+    )
+    hours = Decimal(int((bounds[-1] - bounds[0]).total_seconds())) / HOUR
+    return _Calendar(tzinfo, days, bounds, hours, {d: i for i, d in enumerate(days)})
+
+
+@dataclass(frozen=True)
 class Month:
     """A calendar month in a time zone: ``[start, end)`` as aware UTC datetimes."""
 
@@ -102,12 +130,16 @@ class Month:
         return f"{self.year:04d}-{self.month:02d}"
 
     @property
+    def _calendar(self):
+        return _calendar(self.year, self.month, self.tz)
+
+    @property
     def start(self):
-        return datetime(self.year, self.month, 1, tzinfo=zone(self.tz)).astimezone(UTC)
+        return self._calendar.bounds[0]
 
     @property
     def end(self):
-        return self.next().start
+        return self._calendar.bounds[-1]
 
     def next(self):
         if self.month == 12:
@@ -117,14 +149,11 @@ class Month:
     @property
     def hours(self):
         """Hours in the month (a volume's GiB-month is prorated over them)."""
-        return Decimal(int((self.end - self.start).total_seconds())) / HOUR
+        return self._calendar.hours
 
     def days(self):
         """The month's days, as dates in its time zone."""
-        first = date(self.year, self.month, 1)
-        last = self.next()
-        last = date(last.year, last.month, 1)
-        return [first + timedelta(days=n) for n in range((last - first).days)]
+        return list(self._calendar.days)
 
     def day_start(self, day):
         return datetime(day.year, day.month, day.day, tzinfo=zone(self.tz)).astimezone(UTC)
@@ -173,25 +202,33 @@ class Interval:
         return (self.user, self.server, self.instance_id)
 
 
-def _compute_cost(interval, seconds):
+def _piece_costs(interval, month_hours):
+    """``cost(seconds)`` of one piece of ``interval`` (compute while running, plus its
+    volume prorated over the month's hours), or None when a price it needs is unknown.
+
+    Compute is ``hourly * seconds / 3600``, volume ``GiB * $/GiB-month * (seconds / 3600)
+    / hours``, in that order: Decimal rounds at 28 digits, so the order is part of the result.
+    """
     if interval.state != RUNNING:
-        return Decimal(0)
-    if interval.hourly_usd is None:
+        hourly = None
+    elif interval.hourly_usd is None:
         return None
-    return interval.hourly_usd * Decimal(seconds) / HOUR
-
-
-def _volume_cost(interval, seconds, month):
+    else:
+        hourly = interval.hourly_usd
     if interval.volume_gib == 0:
-        return Decimal(0)
-    if interval.volume_gib is None or interval.gib_month_usd is None:
+        per_month = None
+    elif interval.volume_gib is None or interval.gib_month_usd is None:
         return None
-    hours = Decimal(seconds) / HOUR
-    return Decimal(interval.volume_gib) * interval.gib_month_usd * hours / month.hours
+    else:
+        per_month = Decimal(interval.volume_gib) * interval.gib_month_usd
 
+    def cost(seconds):
+        seconds = Decimal(seconds)
+        compute = Decimal(0) if hourly is None else hourly * seconds / HOUR
+        volume = Decimal(0) if per_month is None else per_month * (seconds / HOUR) / month_hours
+        return compute + volume
 
-def _add(total, part):
-    return None if total is None or part is None else total + part
+    return cost
 
 
 @dataclass
@@ -272,18 +309,26 @@ class Report:
 
 
 def _day_pieces(start, end, month):
-    """Split ``[start, end)`` (inside ``month``) at the month's local midnights:
-    ``[(date, seconds)]``."""
+    """Split ``[start, end)`` (``month.start <= start < end <= month.end``) at the month's
+    local midnights: ``[(date, seconds)]``."""
+    calendar = month._calendar
+    days, bounds = calendar.days, calendar.bounds
     pieces = []
-    tz = zone(month.tz)
     cursor = start
+    # a piece's day is the local date of its start: the first piece's is looked up, each
+    # later one starts at a local midnight, the last day whose midnight it is (a day a
+    # zone skipped, such as Apia's 30 December 2011, starts when the next one does)
+    index = calendar.index.get(start.astimezone(calendar.tz).date())
+    if index is None:  # a zone whose clocks turn back across the 1st's midnight
+        index = bisect_right(bounds, start) - 1
+    last = len(days) - 1
     while cursor < end:
-        local = cursor.astimezone(tz)
-        day = local.date()
-        nxt = month.day_start(day + timedelta(days=1)) if day < month.days()[-1] else month.end
-        stop = min(end, nxt)
-        pieces.append((day, int((stop - cursor).total_seconds())))
+        stop = min(end, bounds[index + 1])
+        pieces.append((days[index], int((stop - cursor).total_seconds())))
         cursor = stop
+        index += 1
+        while index < last and bounds[index + 1] <= cursor:
+            index += 1
     return pieces
 
 
@@ -305,15 +350,17 @@ def report(intervals, month, now):
 
     Open intervals count up to ``now``; nothing after ``now`` or outside the month counts.
     """
+    calendar = month._calendar
+    month_start, month_end = calendar.bounds[0], calendar.bounds[-1]
     lines = {}
     # exact costs per (server, day) before the one rounding
     exact = defaultdict(lambda: Decimal(0))
     unknown = set()
-    window_end = min(month.end, now)
+    window_end = min(month_end, now)
     for interval in intervals:
-        start = max(interval.start, month.start)
+        start = max(interval.start, month_start)
         end = min(interval.end or now, window_end)
-        if interval.start >= window_end or (interval.end is not None and end <= month.start):
+        if interval.start >= window_end or (interval.end is not None and end <= month_start):
             continue  # wholly outside the month (or after now)
         key = interval.server_key
         line = lines.get(key)
@@ -325,25 +372,28 @@ def report(intervals, month, now):
                 interval.config,
                 interval.instance_id,
             )
+        running = interval.state == RUNNING
         if line._latest is None or interval.start >= line._latest:
             line._latest = interval.start
             line.instance_type = interval.instance_type
             line.group, line.config = interval.group, interval.config
             line.state = interval.state if interval.open else "gone"
-            if interval.state == RUNNING:
+            if running:
                 line.hourly_usd = interval.hourly_usd
         if end <= start:
             continue
+        cost = _piece_costs(interval, calendar.hours)
+        days = line.days
         for day, seconds in _day_pieces(start, end, month):
-            if interval.state == RUNNING:
+            if running:
                 line.running_seconds += seconds
-            part = _add(_compute_cost(interval, seconds), _volume_cost(interval, seconds, month))
             cell = (key, day)
-            if part is None:
+            if cost is None:
                 unknown.add(cell)
             else:
-                exact[cell] += part
-            line.days.setdefault(day, Decimal("0.00"))
+                exact[cell] += cost(seconds)
+            if day not in days:
+                days[day] = _ZERO_CENTS
     by_line = defaultdict(dict)
     for (key, day), value in exact.items():
         by_line[key][day] = value
