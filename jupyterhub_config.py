@@ -101,6 +101,8 @@ if DEMO_SETTINGS:
             "software_configs": ["small"],
             "security_group_ids": [aws["security_group_id"]],
             "excluded_instance_types": ["t2.medium"],
+            # a small monthly budget shared by the group: the form shows what is left
+            "budget_usd": "5",
         },
     }
     # One Route 53 record per server, in the seeded zone (MLiy's DNS plugin).
@@ -171,6 +173,9 @@ else:
     #         "security_group_ids": ["sg-0123456789abcdef0"],
     #         "key_name": "notebooks",
     #         "instance_profile": "mliy-notebook",
+    #         "budget_usd": "2000",  # a month, shared by the group's members
+    #         "member_budget_usd": "300",  # a month, for each member
+    #         "cost_tags": {"CostCenter": "1234"},  # on its stacks, for AWS's bill
     #     },
     # }
     # c.MLiySpawner.stack_tags = {"cost-center": "analytics"}
@@ -183,6 +188,14 @@ else:
 # ---- Both ---------------------------------------------------------------------------
 # Servers are instances that outlive the hub process: a hub restart must not stop them.
 c.JupyterHub.cleanup_servers = False
+
+# At most 3 servers with a machine (running or stopped) per user, the default server
+# included; JupyterHub's own limit counts named servers only.
+c.MLiySpawner.max_servers_per_user = 3
+c.JupyterHub.named_server_limit_per_user = 3
+# Budgets are per launch group ("budget_usd", "member_budget_usd" above) and per user:
+# c.MLiySpawner.user_budgets = {"alice": "250"}
+# c.MLiySpawner.budget_action = "stop"  # stop (not terminate) servers over budget
 
 # The mliy service: instances' progress reports and the instance control API.
 configure_service(c, **service_options)

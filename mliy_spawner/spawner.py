@@ -26,6 +26,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 from jupyterhub.spawner import Spawner
@@ -52,6 +53,7 @@ from . import (
     bootstrap,
     configs,
     costs,
+    costviews,
     form,
     ledger,
     logs,
@@ -241,9 +243,18 @@ class MLiySpawner(Spawner):
         - `instance_profile`: IAM instance profile name for the instances (default: none).
         - `excluded_instance_types`: instance types the group's members may not choose
           (default: none); it may not exclude every type of one of the group's configurations.
+        - `budget_usd`: a monthly budget in dollars shared by the group's members, as a
+          string or integer, e.g. "2000" (default: none).
+        - `member_budget_usd`: a monthly budget in dollars for each member's spend in the
+          group (default: none); `user_budgets` overrides it per user.
+        - `cost_tags`: more tags for the group's stacks, e.g. {"CostCenter": "1234"}, so
+          AWS's own bill can be split by them (default: none).
 
-        A user in several launch groups chooses one in the form; a user in none cannot spawn
-        unless `default_launch_group` is set. Default: {}; `MLiySpawner.check_config(c)`
+        A start whose first hour would go over a budget is refused with HTTP 403 (see
+        `budget_action` for servers that run on).
+
+        A user in several launch groups chooses one in the form; a user in none cannot
+        spawn unless `default_launch_group` is set. Default: {}; `MLiySpawner.check_config(c)`
         refuses a configuration without any launch group.
 
         Example::
@@ -947,7 +958,11 @@ class MLiySpawner(Spawner):
             self.store = await run_blocking(shared_store, self.store_url)
 
     async def mliy_costs(self):
-        """This user's servers and spend this month, for the hub's home page (template)."""
+        """This user's servers and spend this month, for the hub's home page (template).
+
+        ``{month, report, notices, dollars, rate, costs_url}`` (see
+        mliy_spawner/hub_templates/home.html), or None when the ledger cannot be read.
+        """
         try:
             await self._connect_store()
             settings = self.cost_settings()
@@ -965,18 +980,41 @@ class MLiySpawner(Spawner):
             return None
         report = costs.report(intervals, month, now)
         notices = (self.ledger.notices.get(self.user.name) if self.ledger else None) or []
-        return {"month": month.key, "report": report, "notices": notices, "money": costs.money}
+        service = urlsplit(self._service_url()).path or "/services/mliy/"
+        return {
+            "month": month.key,
+            "report": report,
+            "notices": notices,
+            "dollars": costviews.dollars,
+            "rate": costviews.rate,
+            "costs_url": f"{service.rstrip('/')}/costs",
+        }
 
     async def mliy_launch_price(self):
-        """The $/hour of what is being launched, for the spawn-pending page (text)."""
-        options = self.user_options or self.stack.launch_options or {}
-        instance_type = options.get("instance_type")
+        """What is being launched and its price, for the spawn-pending page (text).
+
+        E.g. "m4.large at $0.108/hour, and $1.60/month for its 20 GiB volume"; None when
+        no instance type is chosen yet.
+        """
+        choice = self._launch_choice  # what this start checked, defaults filled in
+        if choice is not None:
+            instance_type, size = choice.instance_type, choice.volume_size
+        else:  # a resume, or a hub restarted while this server starts
+            options = self.stack.launch_options or {}
+            instance_type, size = options.get("instance_type"), options.get("volume_size")
         if not isinstance(instance_type, str):
             return None
         price = await run_blocking(self._price_of, instance_type)
+        text = f"{instance_type} at {costviews.rate(price)}/hour"
         if price is None:
-            return f"{instance_type}: price unknown"
-        return f"{instance_type}: ${costs.money(price)}/hour"
+            text = f"{instance_type} at a price the catalog lacks (unknown)"
+        if isinstance(size, int) and size > 0:
+            per_gib = self.cost_settings().gib_month_usd
+            if per_gib is None:
+                text += f", and its {size} GiB volume at an unknown price"
+            else:
+                text += f", and {costviews.dollars(per_gib * size)}/month for its {size} GiB volume"
+        return text
 
     ledger = Any(None, allow_none=True, help="The shared usage Ledger of this region and hub.")
     _gate = None

@@ -319,3 +319,40 @@ def test_each_budget_in_force_gets_its_own_spend():
         ("user", "carol", Decimal("3"), Decimal("0.50")),
     ]
     assert all(used == costs.spent(report, budget) for budget, used in found)
+
+
+# ---- what the hub's pages ask the spawner ------------------------------------------------
+
+
+async def test_launch_price_names_the_type_its_rate_and_the_volume(make_spawner):
+    spawner = make_spawner()
+    assert await spawner.mliy_launch_price() is None  # nothing chosen yet
+    await spawner._run_apply_user_options({"instance_type": "m4.large", "volume_size": 20})
+    spawner._release_reservation()
+    assert await spawner.mliy_launch_price() == (
+        "m4.large at $0.108/hour, and $1.60/month for its 20 GiB volume"
+    )
+    spawner.volume_price_per_gib_month = ""
+    assert await spawner.mliy_launch_price() == (
+        "m4.large at $0.108/hour, and its 20 GiB volume at an unknown price"
+    )
+
+
+async def test_home_page_costs_follow_the_ledger(make_spawner):
+    spawner = make_spawner()
+    await launch(spawner)
+    await cycle(spawner)
+    found = await spawner.mliy_costs()
+    assert found["month"] == costs.month_of(datetime.now(UTC)).key
+    [line] = found["report"].lines
+    assert (line.user, line.server, line.state, line.instance_type) == (
+        "alice",
+        "",
+        "running",
+        "m4.large",
+    )
+    assert found["rate"](line.hourly_usd) == "$0.108"
+    assert found["costs_url"] == "/services/mliy/costs"
+    # another user's servers are not in alice's costs
+    bob = make_spawner(user="bob")
+    assert (await bob.mliy_costs())["report"].lines == []

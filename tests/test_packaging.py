@@ -36,6 +36,8 @@ def test_wheel_holds_admin_files_and_templates(wheel):
         "mliy_spawner/pricing_data/instances.json",
         "mliy_spawner/sample_plugins/route53.py",
         "mliy_spawner/templates/form.html",
+        "mliy_spawner/hub_templates/home.html",
+        "mliy_spawner/hub_templates/spawn_pending.html",
     ]:
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -9,6 +9,7 @@ import pytest
 from hubapi import REPO
 from traitlets.config import PyFileConfigLoader
 
+from mliy_spawner import hub_templates
 from mliy_spawner.demo.__main__ import write_dns_plugin
 from mliy_spawner.demo.aws import Seed
 
@@ -70,6 +71,11 @@ def test_demo_section(monkeypatch, demo_settings, tmp_path):
     assert c.MLiySpawner.aws_endpoint_url == "http://127.0.0.1:4566"
     assert sorted(c.MLiySpawner.software_configs) == ["python", "small"]
     assert sorted(c.MLiySpawner.launch_groups) == ["analysts", "students"]
+    # money: a small budget on students, 3 servers a user, costs on the hub's pages
+    assert c.MLiySpawner.launch_groups["students"]["budget_usd"] == "5"
+    assert c.MLiySpawner.max_servers_per_user == 3
+    assert c.JupyterHub.named_server_limit_per_user == 3
+    assert c.JupyterHub.template_paths == [hub_templates.PATH]
     assert repr(c.MLiySpawner.connect_address_hook) == (
         f"LocalAddressHook({str(tmp_path / 'addresses.json')!r})"
     )
@@ -121,4 +127,5 @@ def test_the_real_aws_section_is_a_valid_config(monkeypatch, tmp_path):
     assert c.MLiySpawner.software_configs["python"]["ami_id"] == "ami-0123456789abcdef0"
     assert c.MLiySpawner.launch_groups["analysts"]["instance_profile"] == "mliy-notebook"
     assert c.JupyterHub.authenticator_class == "mliy"
+    assert c.MLiySpawner.launch_groups["analysts"]["cost_tags"] == {"CostCenter": "1234"}
     assert "aws_endpoint_url" not in c.MLiySpawner

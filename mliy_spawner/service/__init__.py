@@ -112,6 +112,7 @@ def configure_service(
     cost_timezone=None,
     team_visibility="members",
     group_admins=None,
+    hub_templates=True,
 ):
     """Add the ``mliy`` service and its role to the hub config ``c``; returns the service dict.
 
@@ -135,6 +136,10 @@ def configure_service(
     - ``team_visibility``: ``"members"`` (a launch group's members see its costs on the
       Team page and through the API) or ``"admins"`` (only its ``group_admins``).
     - ``group_admins``: ``{"launch group": ["user", ...]}``, each group's admins.
+    - ``hub_templates``: add :data:`mliy_spawner.hub_templates.PATH` to
+      ``c.JupyterHub.template_paths``, after folders set there already, so the home page
+      shows the costs of the user's servers and the spawn-pending page the price of what
+      is launched (default: True).
     """
     from jupyterhub.utils import random_port
     from sqlalchemy.engine import make_url
@@ -168,6 +173,12 @@ def configure_service(
             raise ValueError(f"group_admins[{group!r}] is {names!r}; allowed: a list of user names")
     if cost_timezone is None:
         cost_timezone = _get(c.MLiySpawner, "cost_timezone")
+    if hub_templates:
+        from ..hub_templates import PATH
+
+        paths = list(_get(c.JupyterHub, "template_paths", []))
+        if PATH not in paths:
+            c.JupyterHub.template_paths = [*paths, PATH]
     services = list(_get(c.JupyterHub, "services", []))
     if any(s.get("name") == name for s in services):
         raise ValueError(f"c.JupyterHub.services already has a service named {name!r}")
