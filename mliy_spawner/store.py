@@ -744,7 +744,7 @@ class Store:
                     row[13],
                     row[14],
                 )
-                for row in conn.execute(query.order_by(usage.c.id))
+                for row in conn.execute(query.order_by(usage.c.id)).all()
             ]
 
     # audit trail ------------------------------------------------------------------------
