@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python benchmarks/storm.py
 	$(BIN)/python benchmarks/groups.py
 	$(BIN)/python benchmarks/ledger.py
+	$(BIN)/python benchmarks/costpages.py
 
 clean:
 	rm -rf $(VENV) $(NODE_PREFIX) build dist *.egg-info
