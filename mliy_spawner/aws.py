@@ -5,7 +5,8 @@
   (seconds of CPU), so build it once, off the event loop.
 - :func:`make_client` builds a client with botocore's "standard" retry mode and hooks
   that log every call on the ``mliy.aws`` logger: operation, duration, outcome. Never
-  the parameters: they hold user data and tokens.
+  the parameters: they hold user data and tokens. Each attempt (retries too) is
+  counted in ``mliy_aws_calls_total`` (:mod:`mliy_spawner.metrics`).
 
 Blocking calls on these clients go through :func:`mliy_spawner.util.run_blocking`.
 """
@@ -17,6 +18,7 @@ import time
 import boto3
 from botocore.config import Config
 
+from . import metrics
 from .util import POOL_WORKERS
 
 log = logging.getLogger("mliy.aws")
@@ -41,6 +43,20 @@ _READS = ("Describe", "List", "Get")
 
 def _before_call(model, context, **kwargs):
     context["mliy_started"] = time.monotonic()
+    context["mliy_call"] = (model.service_model.service_name, model.name)
+
+
+def _count_attempt(context, parsed_response=None, exception=None, **kwargs):
+    """``mliy_aws_calls_total``: each request AWS answers (or that fails), retries too."""
+    call = context.get("mliy_call") if isinstance(context, dict) else None
+    if call is None:
+        return
+    if exception is not None:
+        outcome = "error"
+    else:
+        error = parsed_response.get("Error") if isinstance(parsed_response, dict) else None
+        outcome = metrics.call_outcome((error or {}).get("Code"))
+    metrics.count_aws_call(*call, outcome)
 
 
 def _after_call(http_response, parsed, model, context, **kwargs):
@@ -63,6 +79,7 @@ def log_calls(client):
     events = client.meta.events
     events.register("before-call", _before_call, unique_id="mliy-aws-before")
     events.register("after-call", _after_call, unique_id="mliy-aws-after")
+    events.register("response-received", _count_attempt, unique_id="mliy-aws-count")
     return client
 
 
