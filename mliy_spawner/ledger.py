@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from . import costs
+from . import costs, metrics
 from .util import run_blocking
 
 log = logging.getLogger("mliy.launch")
@@ -166,6 +166,7 @@ class CostSettings:
     #: {launch group: (shared amount or None, per-member amount or None)}
     group_budgets: dict = field(default_factory=dict)
     review_interval: float = 60.0
+    metrics_per_user: bool = False  # also report each user's spend (a user label)
 
 
 class Ledger:
@@ -289,6 +290,7 @@ class Ledger:
         """Notices at 80 % and 100 % of each budget; with ``budget_action = "stop"``,
         stop the running servers under a spent budget (their disks stay)."""
         report = await run_blocking(self.month_report)
+        metrics.record_spend(report, per_user=self.settings.metrics_per_user)
         notices = {}
         over = []
         for budget, used in self._budgets_in(report):

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from . import stacks
+from . import metrics, stacks
 from .util import backoff, run_blocking
 
 log = logging.getLogger("mliy.aws")
@@ -202,6 +202,7 @@ class Reflector:
         # coroutines called with the reflector after each successful cycle (the ledger)
         self.listeners = []
         self.ledger = None  # the usage ledger that follows this view (mliy_spawner.ledger)
+        metrics.track_reflector(self)  # the fleet gauges read this view while it runs
 
     # ---- reading the cache --------------------------------------------------------
 
@@ -319,6 +320,7 @@ class Reflector:
             started = time.monotonic()
             self._last_cycle_started = started
             ok = await self._cycle(started)
+            metrics.REFLECTOR_CYCLE_DURATION.observe(time.monotonic() - started)
             self.cycles += 1
             done, self._cycle_done = self._cycle_done, asyncio.get_running_loop().create_future()
             done.set_result(ok)
@@ -371,6 +373,7 @@ class Reflector:
             self._dirty |= dirty
             raise
         except Exception as e:
+            metrics.REFLECTOR_ERRORS.inc()
             log.warning(
                 "Reflector for hub %s: refresh failed (%s); cache is %.0f s old",
                 self.hub_name,
