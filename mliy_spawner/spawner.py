@@ -64,6 +64,7 @@ from . import (
     stacks,
     userdata,
 )
+from .metrics import failure_reason, spawn_failed, spawn_succeeded
 from .progress import LaunchProgress
 from .reflector import Reflector, shared_reflector
 from .service import server_token_scopes
@@ -769,6 +770,20 @@ class MLiySpawner(Spawner):
         """,
     ).tag(config=True)
 
+    metrics_per_user = Bool(
+        False,
+        help="""Also report each user's spend this month at /hub/metrics, as
+        `mliy_user_month_spend_usd{user="..."}` (updated at each budget review).
+
+        Off by default: a label per user name makes a series per user, which Prometheus
+        stores for ever; no other metric has a user label either way. Default: False.
+
+        Example::
+
+            c.MLiySpawner.metrics_per_user = True
+        """,
+    ).tag(config=True)
+
     @validate("volume_price_per_gib_month")
     def _validate_volume_price(self, proposal):
         value = proposal["value"].strip()
@@ -810,6 +825,7 @@ class MLiySpawner(Spawner):
                 if group.budget_usd is not None or group.member_budget_usd is not None
             },
             review_interval=self.budget_review_interval,
+            metrics_per_user=self.metrics_per_user,
         )
 
     def _price_of(self, instance_type):
@@ -892,6 +908,7 @@ class MLiySpawner(Spawner):
     async def _refused(self, message, reason):
         """The 403 for a refused start, logged and recorded in the audit trail."""
         log.warning("Refused to start %s: %s", self._log_name, message)
+        spawn_failed(reason)
         try:
             await self._connect_store()
             await run_blocking(
@@ -1253,7 +1270,11 @@ class MLiySpawner(Spawner):
     async def _apply_user_options(spawner, user_options):
         # the one validation path: options (400), then limits and budgets (403), all
         # before any AWS call
-        choice = spawner.resolve_launch(user_options)
+        try:
+            choice = spawner.resolve_launch(user_options)
+        except Exception as e:
+            spawn_failed(failure_reason(e))
+            raise
         await spawner._check_spend(choice)
         spawner._launch_choice = choice
 
@@ -1268,11 +1289,19 @@ class MLiySpawner(Spawner):
             yield event
 
     async def start(self):
+        started = time.monotonic()
         try:
-            return await self._start()
+            address = await self._start()
+        except BaseException as e:
+            elapsed = time.monotonic() - started
+            spawn_failed(failure_reason(e, elapsed, self.start_timeout))
+            raise
         finally:
             # what the budget check reserved: the ledger counts the server from now on
             self._release_reservation()
+        config = (self.stack.launch_options or {}).get("software_config", "")
+        spawn_succeeded(config, time.monotonic() - started)
+        return address
 
     async def _start(self):
         await self._connect()
