@@ -51,6 +51,7 @@ from .handlers import (
     ProgressHandler,
 )
 from .hub import HubClient
+from .metrics import MetricsHandler, observe_request
 from .ratelimit import DEFAULT_TRUSTED_PROXIES, RateLimiter, trusted_networks
 
 log = logging.getLogger("mliy.service")
@@ -251,6 +252,7 @@ class Context:
 
 
 def _log_request(handler):
+    observe_request(handler)  # latency, refusals, progress and bootstrap counts
     # the path only: a query string could hold a token someone put there
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
@@ -285,6 +287,7 @@ def make_app(settings, store=None):
             InstanceActionHandler,
             args,
         ),
+        (prefix + "metrics", MetricsHandler, args),
         # add routes above: anything else under the prefix is a JSON 404
         (prefix + r".*", NotFoundHandler, args),
     ]
