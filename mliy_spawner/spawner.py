@@ -1014,6 +1014,13 @@ class MLiySpawner(Spawner):
         no instance type is chosen yet.
         """
         choice = self._launch_choice  # what this start checked, defaults filled in
+        if choice is None and self.user_options is not None:
+            # the page may come before the hub has applied the options: read them (the
+            # same pure check; no AWS call), defaults filled in
+            try:
+                choice = self.resolve_launch(self.user_options)
+            except Exception:
+                choice = None
         if choice is not None:
             instance_type, size = choice.instance_type, choice.volume_size
         else:  # a resume, or a hub restarted while this server starts

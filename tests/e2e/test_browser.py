@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hubapi import REPO, wait_for
 
-from mliy_spawner import pricing
+from mliy_spawner import costviews, pricing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -171,3 +171,85 @@ def test_log_in_choose_launch_watch_progress_and_stop(demo, browser, screenshot_
         shutil.copy(form_shot, docs / "options-form.png")
         assert progress_shot is not None, "no progress page screenshot this time; run again"
         shutil.copy(progress_shot, docs / "progress.png")
+
+
+def _log_in(browser, demo, name, password):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{demo.public_url}/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/**")
+    return page
+
+
+def test_costs_on_the_form_the_home_page_and_the_cost_pages(
+    demo, browser, new_user, screenshot_dir
+):
+    """A student (the demo's students group has a $5 monthly budget) sees the budget line
+    in the form, the price of what is launched, the running server's cost on the hub's
+    home page and on My costs; an admin sees it on Billing, running now."""
+    docs = REPO / "docs" / "img" if os.environ.get("MLIY_UPDATE_DOCS_IMAGES") == "1" else None
+    user = new_user(group="students")
+    rate = costviews.rate(pricing.get_catalog(None).price("t2.small", "us-east-1"))
+    page = _log_in(browser, demo, user, demo.user_password)
+    shots = {}
+
+    def shot(name, on=None):
+        path = screenshot_dir / f"{name}.png"
+        (on or page).screenshot(path=str(path), full_page=True)
+        shots[name] = path
+
+    # the form: this month's spend, the group's budget and what is left
+    page.goto(f"{demo.public_url}/hub/spawn")
+    page.locator("#mliy-options").wait_for()
+    assert page.inner_text("#mliy-spend").startswith("Your spend in ")
+    budget = page.inner_text(".mliy-budget")
+    assert "The students group's monthly budget: $5.00;" in budget, budget
+    assert "left" in budget and "Budgets reset on" in budget, budget
+    row = page.locator("tr", has=page.locator('input[value="t2.small"]'))
+    assert rate in row.inner_text() and "over budget" not in row.inner_text()
+    shot("budget-form")
+
+    # the spawn-pending page names what is launched and its price
+    page.check('input[value="t2.small"]')
+    page.click('button[type="submit"]')
+    page.wait_for_url(f"**/hub/spawn-pending/{user}**")
+    assert page.inner_text("#mliy-launch-price") == f"Launching t2.small at {rate}/hour."
+    page.wait_for_url(f"{demo.public_url}/user/{user}/**", timeout=120_000)
+
+    # the home page: the running server with its $/hour, hours and cost this month
+    def costs_row():
+        page.goto(f"{demo.public_url}/hub/home")
+        rows = page.locator("#mliy-cost-table tbody tr")
+        return rows.count() == 1 and rows.first.inner_text()
+
+    wait_for(costs_row, "the ledger to open the server's interval")
+    cells = page.locator("#mliy-cost-table tbody tr td").all_inner_texts()
+    assert cells[:4] == ["(default server)", "t2.small", "running", rate], cells
+    assert cells[5].startswith("$"), cells
+    assert page.inner_text("#mliy-total").startswith("$")
+    shot("home-costs")
+
+    # My costs: the same server, per day and month to date
+    page.goto(f"{demo.public_url}/services/mliy/costs")
+    servers = page.locator("#servers tbody tr")
+    assert servers.count() == 1 and "t2.small" in servers.first.inner_text()
+    assert page.locator("figure svg").count() == 1  # the per-day chart, drawn on the server
+    shot("my-costs")
+
+    # Billing (an admin): the server is in what runs now, with its $/hour
+    admin = _log_in(browser, demo, "admin", demo.admin_password)
+    admin.goto(f"{demo.public_url}/services/mliy/costs/billing")
+    running = admin.locator("#running tbody tr", has_text=user)
+    assert running.count() == 1 and rate in running.first.inner_text()
+    shot("billing", on=admin)
+
+    r = demo.api("DELETE", f"/users/{user}/server")
+    assert r.status_code in (202, 204), r.text
+    wait_for(lambda: not (demo.server(user) or {}).get("ready"), "the server to stop")
+    if docs is not None:
+        docs.mkdir(parents=True, exist_ok=True)
+        for name, path in shots.items():
+            shutil.copy(path, docs / f"{name}.png")
