@@ -235,8 +235,6 @@ def _sum_known(values):
     return sum((v for v in values if v is not None), Decimal(0))
 
 
-
-
 def _shift(month, step):
     year, number = divmod(month.year * 12 + month.month - 1 + step, 12)
     return costs.Month(year, number + 1, month.tz)
