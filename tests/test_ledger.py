@@ -325,8 +325,13 @@ def test_each_budget_in_force_gets_its_own_spend():
 
 
 async def test_launch_price_names_the_type_its_rate_and_the_volume(make_spawner):
+    # nothing launchable (a user in no launch group): no price line
+    assert await make_spawner(user="carol", groups=()).mliy_launch_price() is None
     spawner = make_spawner()
-    assert await spawner.mliy_launch_price() is None  # nothing chosen yet
+    spawner.user_options = {"volume_size": 30}  # posted, not applied yet: defaults filled in
+    assert await spawner.mliy_launch_price() == (
+        "m4.large at $0.108/hour, and $2.40/month for its 30 GiB volume"
+    )
     await spawner._run_apply_user_options({"instance_type": "m4.large", "volume_size": 20})
     spawner._release_reservation()
     assert await spawner.mliy_launch_price() == (
