@@ -40,6 +40,8 @@ tests: ``server_states()`` returns :class:`ServerState` records, and ``clear_sta
 server, notice)`` / ``notify(user, server, notice)`` change one server's saved state and
 return False when they refused (the server became active). :func:`hub_server_states`,
 :func:`hub_clear_state` and :func:`hub_notify` implement them on JupyterHub's database.
+``record(action, outcome, reason)``, if given, records each action carried out (or
+failed) in the audit trail (:func:`audit_recorder`).
 """
 
 import asyncio
@@ -388,6 +390,7 @@ class Reconciler:
         notify=None,
         *,
         settings,
+        record=None,
         interval=600.0,
         now=time.time,
         scan=True,
@@ -400,6 +403,7 @@ class Reconciler:
         self.server_states = server_states
         self.clear_state = clear_state
         self.notify = notify
+        self.record = record
         self.settings = settings
         self.interval = interval
         self.now = now
@@ -441,15 +445,28 @@ class Reconciler:
         self._log_findings(plan.findings)
         for action in plan.actions:
             try:
-                await self._carry_out(action)
+                if await self._carry_out(action):
+                    await self._record(action, "ok")
             except Exception as e:
                 log.error("Reconciler: %s of %s failed: %s", action.kind, action.stack_id, e)
+                await self._record(action, "failed", f"{action.reason} ({e})")
         self.cycles += 1
         return plan
 
     @property
     def hub(self):
         return self.settings.hub_name
+
+    async def _record(self, action, outcome, reason=None):
+        """Hand ``action`` to ``record`` (the audit trail); its errors are logged only."""
+        if self.record is None:
+            return
+        try:
+            await _call(self.record, action, outcome, action.reason if reason is None else reason)
+        except Exception as e:
+            log.warning(
+                "Reconciler: could not record %s of %s: %s", action.kind, action.stack_id, e
+            )
 
     def _log_findings(self, findings):
         keys = set()
@@ -479,12 +496,13 @@ class Reconciler:
         self.reflector.watch(action.stack_id, changed=True)
 
     async def _carry_out(self, action):
+        """Carry out ``action`` if it still holds; True when it was."""
         who = _label(action.user, action.server) if action.user else "nobody"
         name = action.stack_name or action.stack_id
         if action.kind == "delete-orphan":
             if not await self._still(action, claimed=False):
                 log.info("Reconciler: stack %s was claimed meanwhile; kept", name)
-                return
+                return False
             log.warning("Reconciler: deleting orphaned stack %s (%s): %s", name, who, action.reason)
             await self._delete(action)
         elif action.kind == "retry-delete":
@@ -492,19 +510,19 @@ class Reconciler:
                 s.active and (s.user, s.server) == (action.user, action.server)
                 for s in await _call(self.server_states)
             ):
-                return
+                return False
             log.warning("Reconciler: deleting stack %s (%s) again: %s", name, who, action.reason)
             await self._delete(action)
         elif action.kind == "clear-state":
             if await _call(self.clear_state, action.user, action.server, action.notice) is False:
                 log.info("Reconciler: server %s became active; its state is kept", who)
-                return
+                return False
             log.warning("Reconciler: cleared the state of server %s: %s", who, action.reason)
         elif action.kind == "warn-dormant":
             if self.notify is None or not await self._still(action, claimed=True):
-                return
+                return False
             if await _call(self.notify, action.user, action.server, action.notice) is False:
-                return
+                return False
             log.warning(
                 "Reconciler: server %s is dormant (%s); told its user it will be removed",
                 who,
@@ -513,16 +531,17 @@ class Reconciler:
         elif action.kind == "remove-dormant":
             if not await self._still(action, claimed=True):
                 log.info("Reconciler: server %s changed meanwhile; not removed", who)
-                return
+                return False
             if await _call(self.clear_state, action.user, action.server, action.notice) is False:
                 log.info("Reconciler: server %s became active; not removed", who)
-                return
+                return False
             log.warning(
                 "Reconciler: removing dormant server %s (stack %s): %s", who, name, action.reason
             )
             await self._delete(action)
         else:
             raise ValueError(f"unknown action {action.kind!r}")
+        return True
 
     # ---- running ------------------------------------------------------------------
 
@@ -689,3 +708,34 @@ def notice_message(state):
     """The message of the notice kept in a spawner's state, or None."""
     notice = (state or {}).get(NOTICE_KEY)
     return notice.get("message") if isinstance(notice, dict) else None
+
+
+#: The audit trail's action for each of :class:`Action`'s kinds.
+AUDIT_ACTIONS = {
+    "delete-orphan": "reconcile-delete-orphan",
+    "clear-state": "reconcile-clear-state",
+    "retry-delete": "reconcile-retry-delete",
+    "warn-dormant": "reconcile-dormant-notice",
+    "remove-dormant": "reconcile-dormant-remove",
+}
+
+
+def audit_recorder(store):
+    """A ``record`` callable for :class:`Reconciler` writing to ``store``'s audit trail
+    (the store is blocking: it runs in the shared executor)."""
+
+    async def record(action, outcome, reason):
+        await run_blocking(
+            store.add_audit,
+            AUDIT_ACTIONS.get(action.kind, action.kind),
+            actor="reconciler",
+            actor_kind="automatic",
+            path="automatic",
+            outcome=outcome,
+            reason=reason,
+            user=action.user or "",
+            server_name=action.server or "",
+            stack_id=action.stack_id or "",
+        )
+
+    return record

@@ -41,6 +41,7 @@ from traitlets import (
     Float,
     Int,
     List,
+    Set,
     TraitError,
     Unicode,
     default,
@@ -48,6 +49,7 @@ from traitlets import (
 )
 
 from . import (
+    audit,
     aws,
     boot,
     bootstrap,
@@ -849,7 +851,8 @@ class MLiySpawner(Spawner):
             spawner = user.spawners.get(server_name)
             if spawner is not None:
                 spawner._progress_notice = f"Stopped by the hub: {reason}"
-            await user.stop(server_name)
+            with audit.acting_as(audit.AUTOMATIC, f"budget: {reason}"):
+                await user.stop(server_name)
 
         def is_active(user_name, server_name):
             user = users.get(user_name) if users is not None else None
@@ -909,21 +912,42 @@ class MLiySpawner(Spawner):
         """The 403 for a refused start, logged and recorded in the audit trail."""
         log.warning("Refused to start %s: %s", self._log_name, message)
         spawn_failed(reason)
+        await self._audit(self._start_action(), "refused", f"{reason}: {message}")
+        return user_error(403, message)
+
+    def _start_action(self):
+        """What a start of this server does: resume its kept stack, or launch one."""
+        return "resume" if self.stack.stack_id else "launch"
+
+    def _actor(self):
+        """Who acts on this server now (see :mod:`mliy_spawner.audit`)."""
+        return audit.actor_for(self, self.culler_services, self.control_service_name)
+
+    async def _audit(self, action, outcome="ok", reason="", actor=None, ids=None):
+        """Record ``action`` in the audit trail; a store error is logged, never raised.
+        ``ids``: the stack and instance ids (default: the server's now)."""
+        actor = actor or self._actor()
+        reason = reason or audit.acting_reason()
+        stack_id, instance_id = ids or (self.stack.stack_id, self.stack.instance_id)
         try:
             await self._connect_store()
             await run_blocking(
                 self.store.add_audit,
-                "launch",
-                actor=self.user.name,
-                actor_kind="user",
-                outcome="refused",
-                reason=f"{reason}: {message}",
+                action,
+                actor=actor.name,
+                actor_kind=actor.kind,
+                path=actor.path,
+                outcome=outcome,
+                reason=reason,
                 user=self.user.name,
                 server_name=self.name or "",
+                stack_id=stack_id or "",
+                instance_id=instance_id or "",
             )
         except Exception as e:
-            log.warning("Could not record the refusal of %s: %s", self._log_name, e)
-        return user_error(403, message)
+            log.warning(
+                "Could not record %s of %s in the audit trail: %s", action, self._log_name, e
+            )
 
     def _budgets_for(self, choice):
         return self._budgets_for_group(choice.group)
@@ -1140,6 +1164,33 @@ class MLiySpawner(Spawner):
         None, allow_none=True, help="The shared Reconciler of this region and hub, once started."
     )
 
+    # ---- the audit trail ----------------------------------------------------------------
+
+    culler_services = Set(
+        Unicode(),
+        {"idle-culler", "cull-idle"},
+        help="""Names of the hub services that cull idle servers.
+
+        Their stops show in the audit trail as the culler's (actor kind "culler"); other
+        services' as "service". Default: {"idle-culler", "cull-idle"}, the names
+        jupyterhub-idle-culler's documentation and zero-to-jupyterhub use.
+
+        Example::
+
+            c.MLiySpawner.culler_services = {"idle-culler", "nightly-cleanup"}
+        """,
+    ).tag(config=True)
+
+    control_service_name = Unicode(
+        "mliy",
+        help="""The hub service name of the mliy service (`configure_service(c, name=...)`).
+
+        Its hub API calls name, in the X-MLiy-Actor header, who asked its instance
+        control API; the audit trail records that user, by the path "control-api". The
+        header is trusted from this service's requests only. Default: "mliy".
+        """,
+    ).tag(config=True)
+
     # ---- what the hooks need ----------------------------------------------------------
 
     async def _connect(self):
@@ -1180,6 +1231,7 @@ class MLiySpawner(Spawner):
                 functools.partial(reconcile.hub_notify, db, users),
                 settings=reconcile.settings_from_traits(self),
                 interval=self.reconcile_interval,
+                record=reconcile.audit_recorder(self.store),
             ),
         )
 
@@ -1281,6 +1333,8 @@ class MLiySpawner(Spawner):
             choice = spawner.resolve_launch(user_options)
         except Exception as e:
             spawn_failed(failure_reason(e))
+            message = getattr(e, "jupyterhub_message", None) or str(e)
+            await spawner._audit(spawner._start_action(), "refused", f"validation: {message}")
             raise
         await spawner._check_spend(choice)
         spawner._launch_choice = choice
@@ -1297,18 +1351,32 @@ class MLiySpawner(Spawner):
 
     async def start(self):
         started = time.monotonic()
+        actor = self._actor()  # while JupyterHub's handler is set
+        self._resumed = None
         try:
             address = await self._start()
         except BaseException as e:
             elapsed = time.monotonic() - started
-            spawn_failed(failure_reason(e, elapsed, self.start_timeout))
+            reason = failure_reason(e, elapsed, self.start_timeout)
+            spawn_failed(reason)
+            if reason is not None:  # not a refusal (recorded as such) or a cancelled start
+                message = getattr(e, "jupyterhub_message", None) or str(e) or type(e).__name__
+                action = self._start_action() if self._resumed is None else self._launched()
+                audited = self._audit(action, "failed", f"{reason}: {message}", actor)
+                await asyncio.shield(asyncio.ensure_future(audited))
             raise
         finally:
             # what the budget check reserved: the ledger counts the server from now on
             self._release_reservation()
         config = (self.stack.launch_options or {}).get("software_config", "")
         spawn_succeeded(config, time.monotonic() - started)
+        await self._audit(self._launched(), actor=actor)
         return address
+
+    _resumed = None  # this start's: None before it knew, then whether it resumed
+
+    def _launched(self):
+        return "resume" if self._resumed else "launch"
 
     async def _start(self):
         await self._connect()
@@ -1331,6 +1399,7 @@ class MLiySpawner(Spawner):
             await self._delete_stack()
             self._refuse_while_delete_pending()
         resumed = bool(self.stack.stack_id) and await self._resume(choice)
+        self._resumed = resumed
         try:
             if not resumed:
                 await self._launch(choice)
@@ -1600,6 +1669,8 @@ class MLiySpawner(Spawner):
                     instance.instance_id,
                     choice.instance_type,
                 )
+                change = f"{instance.instance_type} -> {choice.instance_type}"
+                await self._audit("instance-type-change", reason=change)
             await run_blocking(stacks.start_instance, self.ec2_client, instance.instance_id)
         self.stack.launch_options = choice.as_user_options()
         return True
@@ -1815,11 +1886,14 @@ class MLiySpawner(Spawner):
     async def stop(self, now=False):
         if not self.stack.stack_id:
             return
+        actor = self._actor()  # before the first await: the request may end meanwhile
         await self._connect()
         await self._dns_on_stop()
         await self._forget_bootstrap_codes()  # a code not used by now never will be
         if self.stop_action == "terminate" or self.stack.delete_pending:
+            ids = self.stack.stack_id, self.stack.instance_id
             await self._delete_stack()
+            await self._audit_deletion("terminate", ids, actor)
             return
         if not self.stack.instance_id:
             await self._refresh()
@@ -1837,15 +1911,28 @@ class MLiySpawner(Spawner):
                     )
                 except TimeoutError:
                     log.warning("Instance %s is still stopping", self.stack.instance_id)
+            await self._audit("stop", actor=actor)
 
     async def delete_forever(self):
         """The server is removed (or its user deleted): delete its stack."""
         if self.stack.stack_id:
+            actor = self._actor()
+            ids = self.stack.stack_id, self.stack.instance_id
             await self._connect()
             await self._dns_on_stop()
             await self._delete_stack()
+            await self._audit_deletion("remove", ids, actor)
             if self.stack.delete_pending:
                 raise RuntimeError(f"stack {self.stack.stack_name} could not be deleted")
+
+    async def _audit_deletion(self, action, ids, actor):
+        """Record a stack's deletion (``ids``: its stack and instance ids from before:
+        ``_delete_stack`` forgets them once AWS took the delete)."""
+        if self.stack.delete_pending:
+            reason = "AWS refused to delete the stack; it will be retried"
+            await self._audit(action, "failed", reason, actor, ids)
+        else:
+            await self._audit(action, actor=actor, ids=ids)
 
     # ---- start-up check --------------------------------------------------------------
 

@@ -782,12 +782,21 @@ class Store:
             return conn.execute(insert(audit).values(**values)).inserted_primary_key[0]
 
     def audit_entries(
-        self, user=None, action=None, outcome=None, since=None, until=None, limit=1000
+        self,
+        user=None,
+        action=None,
+        outcome=None,
+        since=None,
+        until=None,
+        limit=1000,
+        actor=None,
     ):
         """Audit rows, newest first, filtered by any of the arguments."""
         query = select(audit)
         if user is not None:
             query = query.where(audit.c.user == user)
+        if actor is not None:
+            query = query.where(audit.c.actor == actor)
         if action is not None:
             query = query.where(audit.c.action == action)
         if outcome is not None:
@@ -799,6 +808,11 @@ class Store:
         query = query.order_by(audit.c.id.desc()).limit(limit)
         with self._read() as conn:
             return [_record(AuditRecord, row, time=_aware(row.time)) for row in conn.execute(query)]
+
+    def purge_audit(self, before):
+        """Delete the audit rows older than ``before``; returns how many."""
+        with self._write() as conn, conn.begin():
+            return conn.execute(delete(audit).where(audit.c.time < _naive(before))).rowcount
 
 
 def store_url_from_env(environ=None):
