@@ -131,7 +131,8 @@ def as_json(report):
     }
 
 
-def _cell(value):
+def csv_cell(value):
+    """``value`` as a CSV cell that stays text in a spreadsheet."""
     # a spreadsheet reads =, +, -, @ (and tab/CR) at a cell's start as a formula: a user
     # or server name must stay text
     text = "" if value is None else str(value)
@@ -147,8 +148,11 @@ def as_csv(report):
     writer.writerow(CSV_COLUMNS)
     for row in server_rows(report):
         writer.writerow(
-            [_cell(report.month.key)]
-            + [_cell(UNKNOWN if row[column] is None else row[column]) for column in CSV_COLUMNS[1:]]
+            [csv_cell(report.month.key)]
+            + [
+                csv_cell(UNKNOWN if row[column] is None else row[column])
+                for column in CSV_COLUMNS[1:]
+            ]
         )
     return out.getvalue()
 

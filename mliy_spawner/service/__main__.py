@@ -7,6 +7,7 @@ import sys
 
 from ..logs import configure_logging
 from .app import Settings, make_app
+from .audit import purge_forever
 
 log = logging.getLogger("mliy.service")
 
@@ -21,6 +22,8 @@ async def serve(settings):
     host, port = settings.listen
     server = app.listen(port, address=host, xheaders=True, max_body_size=MAX_BODY_SIZE)
     log.info("mliy service listening on %s:%s under %s", host, port, settings.prefix)
+    store = app.mliy_context.store
+    purging = asyncio.create_task(purge_forever(store, settings.audit_retention_days))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -28,7 +31,8 @@ async def serve(settings):
     await stop.wait()
     log.info("mliy service stopping")
     server.stop()
-    app.mliy_context.store.close()
+    purging.cancel()
+    store.close()
 
 
 def main(argv=None):

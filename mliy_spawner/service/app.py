@@ -40,6 +40,7 @@ from .. import costs
 from ..store import Store, store_url_from_env
 from ..util import run_blocking, template_environment
 from .actions import InstanceActions
+from .audit import AuditAPIHandler, AuditPage
 from .bootstrap import BootstrapHandler
 from .costs import BillingPage, CostsAPIHandler, MyCostsPage, TeamPage
 from .handlers import (
@@ -153,6 +154,8 @@ class Settings:
     bootstrap_check_address: bool = True
     cost_timezone: str = "UTC"
     team_visibility: str = "members"
+    # days the audit trail keeps an entry; 0 keeps every entry
+    audit_retention_days: float = 365.0
     group_admins: dict = field(default_factory=dict)
 
     @classmethod
@@ -190,6 +193,7 @@ class Settings:
             ),
             cost_timezone=_timezone(env, "MLIY_COST_TIMEZONE"),
             team_visibility=_choice(env, "MLIY_TEAM_VISIBILITY", TEAM_VISIBILITY),
+            audit_retention_days=_number(env, "MLIY_AUDIT_RETENTION_DAYS", 365.0),
             group_admins=parse_group_admins(env.get("MLIY_GROUP_ADMINS", "")),
         )
 
@@ -278,6 +282,8 @@ def make_app(settings, store=None):
         (prefix + "costs/team", TeamPage, args),
         (prefix + "costs/billing", BillingPage, args),
         (prefix + r"api/costs(?P<fmt>\.csv|)", CostsAPIHandler, args),
+        (prefix + "audit", AuditPage, args),
+        (prefix + r"api/audit(?P<fmt>\.csv|)", AuditAPIHandler, args),
         # named groups name a URL part that is not UTF-8 in the 400 (decode_argument)
         (prefix + r"api/progress/(?P<instance_id>[^/]+)", ProgressHandler, args),
         (prefix + r"api/bootstrap/(?P<instance_id>[^/]+)", BootstrapHandler, args),

@@ -92,7 +92,7 @@ class CostsAPIHandler(BaseHandler):
 
     async def get(self, fmt=""):
         settings = self.context.settings
-        model = await self._who()
+        model = await self.token_or_login_user()
         try:
             month, user, group = costviews.parse_query(_query_values(self), settings.cost_timezone)
         except costs.CostError as e:
@@ -114,18 +114,6 @@ class CostsAPIHandler(BaseHandler):
             self.finish(costviews.as_csv(report))
         else:
             self.finish(costviews.as_json(report))
-
-    async def _who(self):
-        if "Authorization" in self.request.headers:
-            return await self.authenticate()
-        model = await self.context.hub_oauth.get_user(self, sync=False)
-        if not model:
-            raise APIError(
-                401,
-                "send Authorization: token <token> (or log in to the hub to use the pages)",
-                headers={"WWW-Authenticate": "token"},
-            )
-        return model
 
 
 class CostPage(HubPage):

@@ -20,10 +20,11 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
+from .. import audit
 from ..store import ProgressLimitError
 from ..util import StatusError, run_blocking, shorten
 from . import progress_scope
-from .actions import ACTIONS, refusal
+from .actions import ACTIONS, ActionError, refusal
 from .ratelimit import client_address
 from .validation import (
     ReportError,
@@ -185,6 +186,23 @@ class BaseHandler(Guarded, web.RequestHandler):
             )
         return model
 
+    async def token_or_login_user(self):
+        """The caller's model: from the token when one is sent, else the hub login cookie.
+
+        The JSON reports are read both by scripts (a token) and by the pages' own
+        download links (a browser logged in to the hub).
+        """
+        if "Authorization" in self.request.headers:
+            return await self.authenticate()
+        model = await self.context.hub_oauth.get_user(self, sync=False)
+        if not model:
+            raise APIError(
+                401,
+                "send Authorization: token <token> (or log in to the hub to use the pages)",
+                headers={"WWW-Authenticate": "token"},
+            )
+        return model
+
     async def instance(self, instance_id, status_if_unknown):
         try:
             check_instance_id(instance_id)
@@ -304,8 +322,10 @@ class InstanceActionHandler(BaseHandler):
         if action not in ACTIONS:
             raise APIError(400, f"action {shorten(action)} is unknown; one of {', '.join(ACTIONS)}")
         record = await self.instance(instance_id, 404)
+        actor = audit.actor_header_value(model, record.user)
         reason = refusal(model, record, action)
         if reason:
+            await self._audit(record, actor, "refused", f"{action}: {reason}")
             raise APIError(403, reason)
         log.info(
             "%s of instance %s (%s/%s) requested by %s",
@@ -315,7 +335,12 @@ class InstanceActionHandler(BaseHandler):
             record.server_name,
             model.get("name"),
         )
-        result = await self.context.actions.run(record, action)  # ActionError: its status
+        try:
+            result = await self.context.actions.run(record, action, actor=actor)
+        except ActionError as e:  # answered with its status
+            await self._audit(record, actor, "failed", f"{action}: {e.message}")
+            raise
+        await self._audit(record, actor, "ok", f"{action}: {result.status}")
         self.write_json(
             result.http_status,
             {
@@ -327,6 +352,27 @@ class InstanceActionHandler(BaseHandler):
                 "state": result.status,
             },
         )
+
+    async def _audit(self, record, actor, outcome, reason):
+        """Record the call in the audit trail (the hub's spawner records what it then
+        does to the server, with this actor and the path ``control-api``)."""
+        kind, _, name = actor.partition(":")
+        try:
+            await run_blocking(
+                self.context.store.add_audit,
+                "control-api",
+                actor=name,
+                actor_kind=kind,
+                path="control-api",
+                outcome=outcome,
+                reason=reason,
+                user=record.user,
+                server_name=record.server_name,
+                stack_id=record.stack_id,
+                instance_id=record.instance_id,
+            )
+        except Exception as e:  # the trail must not turn an answer into a 500
+            log.error("Audit trail: could not record %s of %s: %s", reason, record.instance_id, e)
 
 
 class NotFoundHandler(BaseHandler):
