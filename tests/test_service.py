@@ -736,6 +736,21 @@ def test_owner_or_admin_controls_named_server(hub, store, owner, controller, adm
     assert store.owner(instance_id) is None
     r = _control(hub, instance_id, "start", token)
     assert r.status_code == 404
+    # each call is in the audit trail, by whom and how it ended
+    calls = store.audit_entries(user=owner, action="control-api")
+    trail = [(e.reason, e.outcome) for e in reversed(calls)]
+    assert trail == [
+        ("stop: stopped", "ok"),
+        (trail[1][0], "ok"),
+        (f"start: server {owner}/work is already running", "failed"),
+        (trail[3][0], "ok"),
+        ("terminate: terminating", "ok"),
+    ], trail
+    assert trail[1][0] in ("start: starting", "start: running"), trail
+    assert trail[3][0] in ("restart: starting", "restart: running"), trail
+    assert {(e.actor, e.actor_kind, e.path, e.instance_id) for e in calls} == {
+        (controller, "admin" if admin else "user", "control-api", instance_id)
+    }
 
 
 @pytest.mark.parametrize("action", ["start", "stop", "restart", "terminate"])
@@ -750,6 +765,10 @@ def test_other_user_cannot_control(hub, store, action):
     assert _running(hub, "quin", "box")
     assert _started(hub, "quin", "box") == first_start
     assert store.owner(instance_id) is not None
+    refused = store.audit_entries(actor="mallory", action="control-api", limit=1)
+    assert [(e.outcome, e.user, e.reason.split(":")[0]) for e in refused] == [
+        ("refused", "quin", action)
+    ]
 
 
 def test_restricted_tokens_cannot_control(hub):

@@ -73,7 +73,9 @@ class InstanceActions:
         self.stop_timeout = stop_timeout
         self._clients = {}
 
-    async def run(self, record, action):
+    async def run(self, record, action, actor=None):
+        """Carry out ``action``; ``actor`` (``user:<name>`` or ``admin:<name>``, who
+        asked) goes to the hub with each call, for its audit trail."""
         if action not in ACTIONS:
             raise ActionError(400, f"action {action!r} is unknown; one of {', '.join(ACTIONS)}")
         user, server_name = record.user, record.server_name
@@ -85,7 +87,7 @@ class InstanceActions:
                     f"server {server_label(user, server_name)} is pending {model['pending']}; "
                     "try again when it has finished",
                 )
-            return await getattr(self, f"_{action}")(record, model)
+            return await getattr(self, f"_{action}")(record, model, actor)
         except HubAPIError as e:
             if e.status in (400, 409):
                 # the hub refuses because of the server's state (already running, pending)
@@ -94,33 +96,37 @@ class InstanceActions:
                 raise ActionError(404, f"the hub does not know this server: {e.message}") from None
             raise ActionError(502, f"the hub API failed ({e.status}): {e.message}") from None
 
-    async def _start(self, record, model):
+    async def _start(self, record, model, actor):
         if model and model.get("ready"):
             raise ActionError(
                 409, f"server {server_label(record.user, record.server_name)} is already running"
             )
-        return await self._ask_hub(self.hub.start_server, record, "started", "starting", "running")
+        return await self._ask_hub(
+            self.hub.start_server, record, actor, "started", "starting", "running"
+        )
 
-    async def _stop(self, record, model):
+    async def _stop(self, record, model, actor):
         if not (model and model.get("ready")):
             return ActionResult("stopped", 200)
-        return await self._ask_hub(self.hub.stop_server, record, "stopped", "stopping", "stopped")
+        return await self._ask_hub(
+            self.hub.stop_server, record, actor, "stopped", "stopping", "stopped"
+        )
 
-    async def _ask_hub(self, call, record, done, working, finished):
+    async def _ask_hub(self, call, record, actor, done, working, finished):
         """Have the hub ``call`` (start_server, stop_server) on the server of ``record``.
 
         Logs the call as ``done`` ("started", "stopped"); the result's status is
         ``working`` while the hub is still on it (it answered 202), else ``finished``.
         """
-        status = await call(record.user, record.server_name)
+        status = await call(record.user, record.server_name, actor=actor)
         label = server_label(record.user, record.server_name)
         log.info("%s %s (hub answered %s)", done, label, status)
         return ActionResult(working, 202) if status == 202 else ActionResult(finished, 200)
 
-    async def _stop_and_wait(self, record, model):
+    async def _stop_and_wait(self, record, model, actor):
         if not (model and model.get("ready")):
             return
-        await self.hub.stop_server(record.user, record.server_name)
+        await self.hub.stop_server(record.user, record.server_name, actor=actor)
         if not await self.hub.wait_stopped(
             record.user, record.server_name, within=self.stop_timeout
         ):
@@ -130,18 +136,18 @@ class InstanceActions:
                 f"{self.stop_timeout} s",
             )
 
-    async def _restart(self, record, model):
-        await self._stop_and_wait(record, model)
-        return await self._start(record, None)
+    async def _restart(self, record, model, actor):
+        await self._stop_and_wait(record, model, actor)
+        return await self._start(record, None, actor)
 
-    async def _terminate(self, record, model):
+    async def _terminate(self, record, model, actor):
         label = server_label(record.user, record.server_name)
         if record.server_name and model is not None:
             # removing a named server makes the spawner delete its stack
-            await self.hub.stop_server(record.user, record.server_name, remove=True)
+            await self.hub.stop_server(record.user, record.server_name, remove=True, actor=actor)
             log.info("removed server %s of instance %s", label, record.instance_id)
         else:
-            await self._stop_and_wait(record, model)
+            await self._stop_and_wait(record, model, actor)
             await self._delete_stack(record)
         await self._run(self.store.forget_instance, record.instance_id)
         return ActionResult("terminating", 202)

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from .. import audit
 from ..util import StatusError
 
 log = logging.getLogger("mliy.service")
@@ -38,8 +39,10 @@ class HubClient:
         self.request_timeout = request_timeout
         self._http = http_client or AsyncHTTPClient()
 
-    async def _request(self, method, path, body=None):
+    async def _request(self, method, path, body=None, actor=None):
         headers = {"Authorization": f"token {self._api_token}"}
+        if actor:  # who asked this service, for the spawner's audit trail
+            headers[audit.ACTOR_HEADER] = actor
         if body is not None:
             headers["Content-Type"] = "application/json"
         elif method in ("POST", "PUT"):
@@ -86,15 +89,17 @@ class HubClient:
             raise
         return model
 
-    async def start_server(self, user, server_name):
+    async def start_server(self, user, server_name, actor=None):
         """Start the server with its saved options; returns the hub's status (201 or 202)."""
-        status, _ = await self._request("POST", server_path(user, server_name))
+        status, _ = await self._request("POST", server_path(user, server_name), actor=actor)
         return status
 
-    async def stop_server(self, user, server_name, remove=False):
+    async def stop_server(self, user, server_name, remove=False, actor=None):
         """Stop (and with ``remove``, delete) the server; returns the status (204 or 202)."""
         body = {"remove": True} if remove else None
-        status, _ = await self._request("DELETE", server_path(user, server_name), body=body)
+        status, _ = await self._request(
+            "DELETE", server_path(user, server_name), body=body, actor=actor
+        )
         return status
 
     async def wait_stopped(self, user, server_name, within, interval=0.5):
