@@ -1,5 +1,6 @@
 """jupyterhub-idle-culler, run by the demo's hub as a service with its documented scopes,
-stops an idle server: the instance is stopped, not terminated, and its stack stays."""
+stops an idle server: the instance is stopped, not terminated, and its stack stays; the
+audit trail names the culler."""
 
 import pytest
 from hubapi import wait_for
@@ -23,3 +24,14 @@ def test_idle_culler_stops_the_instance(start_demo):
     )
     assert demo.stack_status(stack["StackId"]) == "CREATE_COMPLETE"
     wait_for(lambda: instance_id not in demo.addresses(), "the runner to stop the server")
+
+    # the audit trail names the culler (a service in MLiySpawner.culler_services)
+    r = demo.session.get(
+        f"{demo.public_url}/services/mliy/api/audit",
+        params={"user": user, "action": "stop"},
+        headers={"Authorization": f"token {demo.user_token('admin')}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    stops = [(e["actor"], e["actor_kind"], e["path"], e["outcome"]) for e in r.json()["entries"]]
+    assert stops == [("idle-culler", "culler", "rest", "ok")], stops
