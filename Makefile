@@ -15,7 +15,13 @@ ifneq ($(findstring not browser,$(PYTEST_ARGS)),)
 TEST_DEPS := $(filter-out chromium,$(TEST_DEPS))
 endif
 
-.PHONY: demo test test-deps lint bench install clean
+# The lowest JupyterHub supported (pyproject.toml's floor): `make test` also runs the
+# suite outside tests/e2e on it, in a venv of its own. The e2e and browser tests run on
+# the latest only. `make test-min JUPYTERHUB_MIN=5.5.4` tries another.
+JUPYTERHUB_MIN ?= 5.5.0
+MIN_VENV := .venv-jupyterhub-$(JUPYTERHUB_MIN)
+
+.PHONY: demo test test-latest test-min test-deps lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +37,23 @@ $(CHP):
 
 install: $(VENV)/.installed $(CHP)
 
+$(MIN_VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/pip install --quiet -e ".[test,demo]" "jupyterhub==$(JUPYTERHUB_MIN)"
+	touch $@
+
 demo: install
 	$(BIN)/python -m mliy_spawner.demo
 
-test: test-deps install
+test: test-latest test-min
+
+test-latest: test-deps install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-min: test-deps install $(MIN_VENV)/.installed
+	PATH="$(CURDIR)/$(MIN_VENV)/bin:$$PATH" $(MIN_VENV)/bin/python -m pytest \
+		--ignore=tests/e2e $(PYTEST_ARGS)
 
 test-deps:
 	scripts/system-deps $(TEST_DEPS)
@@ -55,4 +73,4 @@ bench: install
 	$(BIN)/python benchmarks/costpages.py
 
 clean:
-	rm -rf $(VENV) $(NODE_PREFIX) build dist *.egg-info
+	rm -rf $(VENV) .venv-jupyterhub-* $(NODE_PREFIX) build dist *.egg-info

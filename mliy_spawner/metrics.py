@@ -92,7 +92,7 @@ def failure_reason(error, elapsed=None, start_timeout=None):
         return None
     if isinstance(error, TimeoutError):
         return "timeout"
-    reason = _SPAWN_REASONS.get(getattr(error, "reason", None))
+    reason = _SPAWN_REASONS.get(getattr(error, "mliy_reason", None))
     if reason is not None:
         return reason
     if getattr(error, "status_code", None) == 400:

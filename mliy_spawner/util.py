@@ -82,6 +82,9 @@ def user_error(status_code, message, reason=None):
         # "%s" keeps tornado from %-formatting a message that holds user input
         error = web.HTTPError(status_code, "%s", message)
     error.jupyterhub_message = message
+    # the failure's reason for metrics and the audit trail, on JupyterHub 5.x as on 6
+    # (tornado's own ``reason`` is the HTTP reason phrase)
+    error.mliy_reason = reason
     return error
 
 

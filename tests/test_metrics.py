@@ -53,7 +53,7 @@ async def launch(spawner, options=None):
 
 class _Reasoned(Exception):
     def __init__(self, reason, status_code=500):
-        self.reason = reason
+        self.mliy_reason = reason
         self.status_code = status_code
 
 

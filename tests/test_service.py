@@ -23,6 +23,7 @@ from servicehub import SERVICE, start_hub
 from mliy_spawner.service import (
     PROGRESS_SCOPE,
     SERVICE_SCOPES,
+    START_SCOPE,
     configure_service,
     progress_scope,
     server_token_scopes,
@@ -239,7 +240,7 @@ def test_rate_limiter_drops_idle_keys():
 
 
 _RECORD = InstanceRecord("i-1", "alice", "gpu", "stack", REGION, None, None)
-_ALICE_SCOPES = ["servers!user=alice", "start:servers!user=alice", "delete:servers!user=alice"]
+_ALICE_SCOPES = ["servers!user=alice", f"{START_SCOPE}!user=alice", "delete:servers!user=alice"]
 
 
 @pytest.mark.parametrize(
@@ -247,24 +248,24 @@ _ALICE_SCOPES = ["servers!user=alice", "start:servers!user=alice", "delete:serve
     [
         ({"kind": "user", "name": "alice", "scopes": _ALICE_SCOPES}, "stop", None),
         (
-            {"kind": "user", "name": "alice", "scopes": ["start:servers!server=alice/gpu"]},
+            {"kind": "user", "name": "alice", "scopes": [f"{START_SCOPE}!server=alice/gpu"]},
             "start",
             None,
         ),
         (
-            {"kind": "user", "name": "alice", "scopes": ["start:servers!server=alice/gpu"]},
+            {"kind": "user", "name": "alice", "scopes": [f"{START_SCOPE}!server=alice/gpu"]},
             "stop",
             "'delete:servers'",
         ),
         (
             {"kind": "user", "name": "alice", "scopes": ["access:servers!server=alice/gpu"]},
             "start",
-            "'start:servers'",
+            repr(START_SCOPE),
         ),
         ({"kind": "user", "name": "bob", "scopes": ["servers!user=bob"]}, "stop", "another user"),
         (
             {"kind": "user", "name": "root", "admin": True, "scopes": ["admin:servers", "servers"]}
-            | {"scopes": ["start:servers", "delete:servers"]},
+            | {"scopes": [START_SCOPE, "delete:servers"]},
             "terminate",
             None,
         ),

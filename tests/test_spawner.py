@@ -133,8 +133,8 @@ async def test_resume_changes_instance_type_but_not_config(aws_env, make_spawner
     with pytest.raises(web.HTTPError) as e:
         await spawner._run_apply_user_options(spawner.user_options)
     assert e.value.status_code == 400
-    assert e.value.log_message.startswith("Invalid server options: software_config: 'small'")
-    assert "would lose its disk" in e.value.log_message
+    assert e.value.jupyterhub_message.startswith("Invalid server options: software_config: 'small'")
+    assert "would lose its disk" in e.value.jupyterhub_message
     assert aws_env.cfn.describe_stacks()["Stacks"] == stacks_before
 
 
@@ -172,7 +172,7 @@ async def test_user_in_no_group_cannot_spawn(aws_env, make_spawner):
     with pytest.raises(web.HTTPError) as e:
         await spawner._run_apply_user_options({})
     assert e.value.status_code == 400
-    assert "no launch group" in e.value.log_message
+    assert "no launch group" in e.value.jupyterhub_message
     assert aws_env.cfn.describe_stacks()["Stacks"] == []
 
 
@@ -332,7 +332,7 @@ async def test_hostile_options_rejected_before_any_aws_call(aws_env, make_spawne
     with pytest.raises(web.HTTPError) as e:
         await start(spawner, options)
     assert e.value.status_code == 400
-    assert e.value.log_message.startswith(f"Invalid server options: {field}:")
+    assert e.value.jupyterhub_message.startswith(f"Invalid server options: {field}:")
     assert calls == Counter()
 
 

@@ -14,9 +14,24 @@ import json
 import os
 import sys
 
+
+def _start_scope():
+    """The scope that lets a token start servers on the installed JupyterHub.
+
+    JupyterHub 6 split ``start:servers`` out of ``servers``; on 5.x ``servers`` is the
+    one that starts them (and stops them: it holds ``delete:servers``).
+    """
+    from jupyterhub.scopes import scope_definitions
+
+    return "start:servers" if "start:servers" in scope_definitions else "servers"
+
+
+#: The hub scope that starts servers: ``start:servers`` on JupyterHub 6, ``servers`` on 5.x.
+START_SCOPE = _start_scope()
+
 #: The hub scopes the service's own token needs: read servers (to see ``pending``),
 #: start them and stop/remove them. Users' tokens are checked with the token itself.
-SERVICE_SCOPES = ["read:servers", "start:servers", "delete:servers"]
+SERVICE_SCOPES = ["read:servers", START_SCOPE, "delete:servers"]
 
 #: The custom scope progress reports need, as ``custom:mliy-progress!server=<user>/<server>``
 #: for the instance's own server. :func:`configure_service` defines it and gives users
@@ -250,6 +265,7 @@ __all__ = [
     "configure_service",
     "PROGRESS_SCOPE",
     "SERVICE_SCOPES",
+    "START_SCOPE",
     "progress_scope",
     "server_token_scopes",
 ]

@@ -20,6 +20,7 @@ from jupyterhub.services.auth import check_scopes
 
 from .. import aws
 from ..util import StatusError, run_blocking
+from . import START_SCOPE
 from .hub import HubAPIError, server_label
 
 log = logging.getLogger("mliy.service")
@@ -27,10 +28,10 @@ log = logging.getLogger("mliy.service")
 ACTIONS = ("start", "stop", "restart", "terminate")
 # the hub scopes each action needs on the server
 NEEDED_SCOPES = {
-    "start": ("start:servers",),
+    "start": (START_SCOPE,),
     "stop": ("delete:servers",),
-    "restart": ("delete:servers", "start:servers"),
-    "terminate": ("delete:servers", "start:servers"),
+    "restart": ("delete:servers", START_SCOPE),
+    "terminate": ("delete:servers", START_SCOPE),
 }
 
 

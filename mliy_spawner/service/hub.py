@@ -81,13 +81,14 @@ class HubClient:
 
     async def get_server(self, user, server_name):
         """The hub's model of the server, or None if the hub has no such server."""
+        # from the user's model: JupyterHub 5.x has no GET on the server's own path
         try:
-            _, model = await self._request("GET", server_path(user, server_name))
+            _, model = await self._request("GET", f"/users/{quote(user, safe='')}")
         except HubAPIError as e:
             if e.status == 404:
                 return None
             raise
-        return model
+        return (model.get("servers") or {}).get(server_name)
 
     async def start_server(self, user, server_name, actor=None):
         """Start the server with its saved options; returns the hub's status (201 or 202)."""
