@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python benchmarks/groups.py
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/costpages.py
+	$(BIN)/python benchmarks/readiness.py
 
 clean:
 	rm -rf $(VENV) .venv-jupyterhub-* $(NODE_PREFIX) build dist *.egg-info

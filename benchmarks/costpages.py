@@ -28,7 +28,6 @@ import importlib.util
 import json
 import logging
 import math
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests"))  # servicehub, pg
 
+from results import write_block  # noqa: E402  (benchmarks/results.py)
 from servicehub import start_hub  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 
@@ -59,8 +59,6 @@ SCALES = (1_000, 5_000)
 OLD_UP_TO = 1_000  # the old report takes about a minute at 5,000 users
 # the last commit whose costs.py and usage_between are the ones before the speedup
 BEFORE = "361c4082fb9a49e29bcfa8ee2796aab2ad0e0321"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- costpages.py:begin -->", "<!-- costpages.py:end -->"
 ME = "user7"
 
 
@@ -298,14 +296,7 @@ def with_postgres(root, month, now, rows, before, lines):
 
 
 def write_results(lines):
-    text = RESULTS.read_text()
-    block = f"{BEGIN}\n```\n" + "\n".join(lines) + f"\n```\n{END}"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: block, text, flags=re.S)
-    else:
-        header = "## Cost pages (`python benchmarks/costpages.py`)"
-        text = text.rstrip("\n") + f"\n\n{header}\n\n{block}\n"
-    RESULTS.write_text(text)
+    write_block("costpages.py", "## Cost pages (`python benchmarks/costpages.py`)", lines)
 
 
 def main():

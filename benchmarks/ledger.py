@@ -23,7 +23,6 @@ are the median of several runs (best and worst beside). Run: ``python benchmarks
 
 import asyncio
 import logging
-import re
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from results import write_block  # noqa: E402  (benchmarks/results.py)
 from sqlalchemy import insert  # noqa: E402
 
 from mliy_spawner import costs, ledger  # noqa: E402
@@ -50,8 +50,6 @@ PRICE = Decimal("0.0116")
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)  # late in the month: the most to read
 MONTH = costs.month_of(NOW)
 RUNS = 5
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- ledger.py:begin -->", "<!-- ledger.py:end -->"
 
 
 def views(n, state="running", changed=(), at=NOW):
@@ -239,15 +237,7 @@ def with_postgres(lines):
 
 
 def write_results(lines):
-    text = RESULTS.read_text()
-    block = f"{BEGIN}\n```\n" + "\n".join(lines) + f"\n```\n{END}"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: block, text, flags=re.S)
-    else:
-        text = (
-            text.rstrip("\n") + "\n\n## Ledger (`python benchmarks/ledger.py`)\n\n" + block + "\n"
-        )
-    RESULTS.write_text(text)
+    write_block("ledger.py", "## Ledger (`python benchmarks/ledger.py`)", lines)
 
 
 def main():
