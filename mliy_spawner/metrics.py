@@ -19,6 +19,7 @@ Who moves what:
   reflectors' views when Prometheus scrapes (an age set at the end of a cycle would
   stop growing exactly when the reflector is stuck);
 - :mod:`mliy_spawner.aws`: ``mliy_aws_calls_total`` (:func:`count_aws_call`);
+- the reconciler: ``mliy_reconciler_findings`` (:func:`set_findings`);
 - the ledger's budget review: ``mliy_cost_rate_usd_per_hour``, ``mliy_month_spend_usd``
   (:func:`record_spend`).
 
@@ -109,6 +110,27 @@ def spawn_failed(reason):
     nothing to count)."""
     if reason is not None:
         SPAWN_FAILURES.labels(reason if reason in FAILURE_REASONS else "other").inc()
+
+
+# ---- the reconciler ------------------------------------------------------------------
+
+#: What a reconciler finds (:class:`mliy_spawner.reconcile.Finding` kinds).
+FINDING_KINDS = ("orphan", "missing-stack", "delete-failed", "delete-gave-up", "dormant")
+
+RECONCILER_FINDINGS = Gauge(
+    "mliy_reconciler_findings",
+    "What the reconciler's latest cycle found, by region and kind: orphan (a stack of "
+    "this hub no server names), missing-stack (a server whose stack is gone), "
+    "delete-failed (being deleted again), delete-gave-up (retries used up: needs an "
+    "admin), dormant (stopped longer than dormant_after)",
+    ["region", "kind"],
+)
+
+
+def set_findings(region, counts):
+    """Set ``mliy_reconciler_findings`` for ``region`` from ``counts`` ({kind: n})."""
+    for kind in FINDING_KINDS:
+        RECONCILER_FINDINGS.labels(region, kind).set(counts.get(kind, 0))
 
 
 # ---- the reflector -------------------------------------------------------------------

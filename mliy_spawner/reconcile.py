@@ -47,11 +47,12 @@ failed) in the audit trail (:func:`audit_recorder`).
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 
-from . import stacks
+from . import metrics, stacks
 from .reflector import HUB_TAG, StackView, transition_time
 from .util import backoff, run_blocking
 
@@ -391,6 +392,7 @@ class Reconciler:
         *,
         settings,
         record=None,
+        publish=None,
         interval=600.0,
         now=time.time,
         scan=True,
@@ -404,6 +406,7 @@ class Reconciler:
         self.clear_state = clear_state
         self.notify = notify
         self.record = record
+        self.publish = publish
         self.settings = settings
         self.interval = interval
         self.now = now
@@ -443,6 +446,7 @@ class Reconciler:
         self.memory = plan.memory
         self.findings = plan.findings
         self._log_findings(plan.findings)
+        await self._publish(plan.findings)
         for action in plan.actions:
             try:
                 if await self._carry_out(action):
@@ -467,6 +471,17 @@ class Reconciler:
             log.warning(
                 "Reconciler: could not record %s of %s: %s", action.kind, action.stack_id, e
             )
+
+    async def _publish(self, findings):
+        """The findings' metric, and ``publish`` (the store, for the service's page);
+        its errors are logged only."""
+        metrics.set_findings(self.settings.region, Counter(f.kind for f in findings))
+        if self.publish is None:
+            return
+        try:
+            await _call(self.publish, self.settings.region, self.report())
+        except Exception as e:
+            log.warning("Reconciler: could not save its findings: %s", e)
 
     def _log_findings(self, findings):
         keys = set()
@@ -718,6 +733,20 @@ AUDIT_ACTIONS = {
     "warn-dormant": "reconcile-dormant-notice",
     "remove-dormant": "reconcile-dormant-remove",
 }
+
+
+def findings_publisher(store, hub_name):
+    """A ``publish`` callable for :class:`Reconciler`: the latest findings of ``hub_name``
+    in a region go to ``store`` (in the shared executor), where the service reads them."""
+
+    async def publish(region, found):
+        rows = [
+            {**f, "since": None if f["since"] is None else datetime.fromtimestamp(f["since"], UTC)}
+            for f in found
+        ]
+        await run_blocking(store.replace_findings, hub_name, region, rows)
+
+    return publish
 
 
 def audit_recorder(store):

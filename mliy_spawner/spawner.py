@@ -1232,6 +1232,7 @@ class MLiySpawner(Spawner):
                 settings=reconcile.settings_from_traits(self),
                 interval=self.reconcile_interval,
                 record=reconcile.audit_recorder(self.store),
+                publish=reconcile.findings_publisher(self.store, self.hub_name),
             ),
         )
 

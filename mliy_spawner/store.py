@@ -159,6 +159,28 @@ audit = Table(
 #: The longest audit reason kept (characters).
 MAX_AUDIT_REASON = 1024
 
+# What the hub's reconcilers found in their latest cycle (orphaned stacks, servers whose
+# stack is gone, failed deletes, dormant servers), one set of rows per hub and region,
+# replaced at each cycle: the mliy service shows them to admins.
+findings = Table(
+    "findings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hub", String(255), nullable=False, index=True),
+    Column("region", String(64), nullable=False),
+    # orphan, missing-stack, delete-failed, delete-gave-up, dormant
+    Column("kind", String(32), nullable=False),
+    Column("stack_id", String(1024), nullable=False, default=""),
+    Column("stack_name", String(255), nullable=False, default=""),
+    Column("user", String(255), nullable=False, default=""),
+    Column("server_name", String(255), nullable=False, default=""),
+    Column("reason", String(1024), nullable=False, default=""),
+    # since when: unclaimed, stopped, or first failed; NULL: not known
+    Column("since", DateTime, nullable=True),
+    # the cycle that found it
+    Column("seen", DateTime, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class AuditRecord:
@@ -176,6 +198,23 @@ class AuditRecord:
     server_name: str
     stack_id: str
     instance_id: str
+
+
+@dataclass(frozen=True)
+class FindingRecord:
+    """One row of ``findings``: something a reconciler found in its latest cycle."""
+
+    id: int
+    hub: str
+    region: str
+    kind: str
+    stack_id: str
+    stack_name: str
+    user: str
+    server_name: str
+    reason: str
+    since: datetime | None
+    seen: datetime
 
 
 @dataclass(frozen=True)
@@ -813,6 +852,46 @@ class Store:
         """Delete the audit rows older than ``before``; returns how many."""
         with self._write() as conn, conn.begin():
             return conn.execute(delete(audit).where(audit.c.time < _naive(before))).rowcount
+
+    # reconciler findings -------------------------------------------------------------------
+
+    def replace_findings(self, hub, region, found, when=None):
+        """Make ``found`` (dicts with kind, stack_id, stack_name, user, server, reason and
+        since, an aware datetime or None) the findings of ``hub`` in ``region``."""
+        seen = _naive(when) if when else _now()
+        rows = [
+            {
+                "hub": hub[:255],
+                "region": region[:64],
+                "kind": f["kind"][:32],
+                "stack_id": (f.get("stack_id") or "")[:1024],
+                "stack_name": (f.get("stack_name") or "")[:255],
+                "user": (f.get("user") or "")[:255],
+                "server_name": (f.get("server") or "")[:255],
+                "reason": (f.get("reason") or "")[:MAX_AUDIT_REASON],
+                "since": _naive(f.get("since")),
+                "seen": seen,
+            }
+            for f in found
+        ]
+        where = (findings.c.hub == hub) & (findings.c.region == region)
+        with self._write() as conn, conn.begin():
+            conn.execute(delete(findings).where(where))
+            if rows:
+                conn.execute(insert(findings), rows)
+
+    def findings(self, hub=None):
+        """The latest findings (of ``hub``, else of every hub), by kind, then stack."""
+        query = select(findings).order_by(
+            findings.c.hub, findings.c.region, findings.c.kind, findings.c.stack_name
+        )
+        if hub is not None:
+            query = query.where(findings.c.hub == hub)
+        with self._read() as conn:
+            return [
+                _record(FindingRecord, row, since=_aware(row.since), seen=_aware(row.seen))
+                for row in conn.execute(query)
+            ]
 
 
 def store_url_from_env(environ=None):

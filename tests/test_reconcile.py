@@ -868,3 +868,67 @@ async def test_server_that_becomes_active_before_the_action_is_spared(
         f"{'delete-orphan' if case == 'orphan' else 'remove-dormant'}"
     ]
     assert stack_status(aws_env.cfn, stack_id) == "CREATE_COMPLETE"
+
+
+# ---- what admins see: the store (the service's Strays page) and the metric ---------------
+
+
+def findings_metric(kind):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("mliy_reconciler_findings", {"region": REGION, "kind": kind})
+
+
+async def test_findings_go_to_the_store_and_the_metric_each_cycle(
+    aws_env, make_spawner, reflector, hub, store
+):
+    from datetime import UTC, datetime
+
+    stack_id = await create_like_the_spawner(make_spawner())
+    hub.row("alice", "", {})
+    clock = Clock(NOW)
+    reconciler = Reconciler(
+        reflector,
+        hub.server_states,
+        hub.clear_state,
+        hub.notify,
+        settings=Settings("mliy", REGION, orphan_grace=600),
+        publish=reconcile.findings_publisher(store, "mliy"),
+        now=clock,
+    )
+    await reconciler.reconcile()
+    [found] = store.findings("mliy")
+    assert (found.kind, found.stack_id, found.user, found.region) == (
+        "orphan",
+        stack_id,
+        "alice",
+        REGION,
+    )
+    assert found.since == datetime.fromtimestamp(NOW, UTC)
+    assert "no server's state names it" in found.reason
+    assert findings_metric("orphan") == 1
+    assert findings_metric("dormant") == 0
+
+    clock.now += 600  # deleted after the grace: the next cycle finds nothing
+    await reconciler.reconcile()
+    await reconciler.reconcile()
+    assert stack_status(aws_env.cfn, stack_id) == "DELETE_COMPLETE"
+    assert store.findings("mliy") == []
+    assert findings_metric("orphan") == 0
+
+
+async def test_a_hub_spawner_starts_a_reconciler_that_saves_its_findings(make_spawner, monkeypatch):
+    monkeypatch.setattr(reconcile, "_reconcilers", {})  # none left from other tests
+    spawner = make_spawner(reconcile_interval=3600)
+    stack_id = await create_like_the_spawner(spawner)  # and no state saved
+    spawner.user.settings = {"users": {}}  # as inside JupyterHub
+    spawner._ensure_reconciler()
+    try:
+        for _ in range(500):
+            found = await run_blocking(spawner.store.findings)
+            if found:
+                break
+            await asyncio.sleep(0.02)
+        assert [(f.kind, f.stack_id, f.hub) for f in found] == [("orphan", stack_id, "mliy")]
+    finally:
+        await spawner.reconciler.stop()

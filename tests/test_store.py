@@ -41,6 +41,36 @@ def test_record_instance_inserts_then_updates(store):
     assert store.owner("i-0abc") == second
 
 
+def test_findings_replace_those_of_their_hub_and_region_only(store):
+    from datetime import datetime
+
+    since = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    orphan = {"kind": "orphan", "stack_id": "s-1", "stack_name": "mliy-a", "user": "ann"}
+    store.replace_findings("mliy", "us-east-1", [{**orphan, "since": since}])
+    store.replace_findings("mliy", "eu-west-1", [{"kind": "dormant", "stack_id": "s-2"}])
+    store.replace_findings("other", "us-east-1", [{"kind": "orphan", "stack_id": "s-3"}])
+    [first] = store.findings("mliy")[1:]
+    assert (first.kind, first.stack_id, first.user, first.server_name) == (
+        "orphan",
+        "s-1",
+        "ann",
+        "",
+    )
+    assert first.since == since and first.seen.tzinfo is UTC
+    assert [f.region for f in store.findings("mliy")] == ["eu-west-1", "us-east-1"]
+
+    # the next cycle's findings replace the region's; an empty cycle clears it
+    store.replace_findings("mliy", "us-east-1", [{"kind": "missing-stack", "user": "bo"}])
+    assert [(f.region, f.kind) for f in store.findings("mliy")] == [
+        ("eu-west-1", "dormant"),
+        ("us-east-1", "missing-stack"),
+    ]
+    store.replace_findings("mliy", "us-east-1", [])
+    assert [f.kind for f in store.findings("mliy")] == ["dormant"]
+    assert [f.stack_id for f in store.findings("other")] == ["s-3"]
+    assert len(store.findings()) == 2
+
+
 def test_owner_of_unknown_instance_is_none(store):
     assert store.owner("i-nothere") is None
 

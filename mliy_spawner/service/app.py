@@ -54,6 +54,7 @@ from .handlers import (
 from .hub import HubClient
 from .metrics import MetricsHandler, observe_request
 from .ratelimit import DEFAULT_TRUSTED_PROXIES, RateLimiter, trusted_networks
+from .strays import StraysAPIHandler, StraysPage
 
 log = logging.getLogger("mliy.service")
 
@@ -284,6 +285,8 @@ def make_app(settings, store=None):
         (prefix + r"api/costs(?P<fmt>\.csv|)", CostsAPIHandler, args),
         (prefix + "audit", AuditPage, args),
         (prefix + r"api/audit(?P<fmt>\.csv|)", AuditAPIHandler, args),
+        (prefix + "strays", StraysPage, args),
+        (prefix + "api/strays", StraysAPIHandler, args),
         # named groups name a URL part that is not UTF-8 in the 400 (decode_argument)
         (prefix + r"api/progress/(?P<instance_id>[^/]+)", ProgressHandler, args),
         (prefix + r"api/bootstrap/(?P<instance_id>[^/]+)", BootstrapHandler, args),
