@@ -11,6 +11,8 @@ configuration's own, where it would run as commands.
 whether they came from the options form, a REST body or the admin panel's empty body.
 """
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -169,8 +171,12 @@ def _file(entry, key, where, folder, default_name):
     return path
 
 
+@functools.lru_cache(maxsize=64)
 def _delimiters(*scripts):
-    """The here-document delimiters of the shipped boot script and of ``scripts`` (paths)."""
+    """The here-document delimiters of the shipped boot script and of ``scripts`` (paths).
+
+    Read once per process for each set of scripts: every spawner the hub builds checks
+    its settings against them, on the event loop."""
     found = set()
     for path in (asset_path("userdata", "mliy-bootstrap.sh"), *scripts):
         try:
@@ -215,6 +221,27 @@ def _parse_volume(raw, where):
         )
     kms = _take(raw, "kms_key_id", where, required=False, default="")
     return VolumeSpec(device, default_size, max_size, min_size, kms)
+
+
+def parse_software_configs_once(raw):
+    """:func:`parse_software_configs`, once per process for each value.
+
+    The hub builds a spawner for each server, on its event loop, each with its own copy
+    of the same setting; parsing opens every template and user-data script it names.
+    Here that happens at the first parse only (a bad value is parsed, and refused, each
+    time). The files are read again, off the loop, at each launch."""
+    try:
+        key = json.dumps(raw, sort_keys=True)
+    except (TypeError, ValueError):
+        key = None
+    if key is None or json.loads(key) != raw:  # not plain JSON: parse it as it is
+        return parse_software_configs(raw)
+    return _parse_json(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_json(key):
+    return parse_software_configs(json.loads(key))
 
 
 def parse_software_configs(raw, trait="MLiySpawner.software_configs"):

@@ -1282,7 +1282,7 @@ class MLiySpawner(Spawner):
             parsed = (
                 software_configs,
                 None,
-                configs.parse_software_configs(software_configs),
+                configs.parse_software_configs_once(software_configs),
                 None,
             )
         if parsed[1] is not launch_groups:

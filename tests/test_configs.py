@@ -1,5 +1,7 @@
 """Parsing ``software_configs`` and ``launch_groups``: good values parse, bad ones name the key."""
 
+import json
+
 import pytest
 
 from mliy_spawner.configs import (
@@ -449,3 +451,27 @@ def test_replacement_tokens_that_end_no_heredoc_pass(files):
     check_replacement_tokens({"pip_index_url": "https://pypi.example.com/simple"}, configs)
     with pytest.raises(ConfigError, match="MLiySpawner.replacement_tokens: expected a dict"):
         check_replacement_tokens(["a"], configs)
+
+
+def test_a_setting_is_parsed_once_per_process_and_a_bad_one_every_time(tmp_path, monkeypatch):
+    from mliy_spawner import configs
+
+    script = tmp_path / "boot.sh"
+    script.write_text("#!/bin/bash\necho hi\n")
+    raw = {"python": {"ami_id": "ami-0123abcd", "instance_types": ["t2.micro"]}}
+    raw["python"]["user_data"] = str(script)
+    reads = []
+    real = configs.parse_software_configs
+    monkeypatch.setattr(configs, "parse_software_configs", lambda r: reads.append(r) or real(r))
+    configs._parse_json.cache_clear()
+    first = configs.parse_software_configs_once(raw)
+    again = configs.parse_software_configs_once(json.loads(json.dumps(raw)))  # a copy
+    assert again is first and len(reads) == 1
+    # not plain JSON (a key that is no string): parsed as it is, and refused
+    with pytest.raises(configs.ConfigError):
+        configs.parse_software_configs_once({1: raw["python"]})
+    bad = {"python": {**raw["python"], "ami_id": "nope"}}
+    for _ in range(2):
+        with pytest.raises(configs.ConfigError, match="ami_id"):
+            configs.parse_software_configs_once(bad)
+    assert len(reads) == 4
