@@ -68,6 +68,7 @@ bench: install
 	$(BIN)/python benchmarks/pricing.py
 	$(BIN)/python benchmarks/reflector.py
 	$(BIN)/python benchmarks/storm.py
+	$(BIN)/python benchmarks/hubstorm.py
 	$(BIN)/python benchmarks/groups.py
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/costpages.py
