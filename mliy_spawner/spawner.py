@@ -85,6 +85,10 @@ def _as_trait_error():
         raise TraitError(str(e)) from None
 
 
+#: Audit writes running in the background (a reference keeps each task alive).
+_audit_tasks = set()
+
+
 class MLiySpawner(Spawner):
     """Spawn each server as a CloudFormation stack running one EC2 instance."""
 
@@ -923,6 +927,13 @@ class MLiySpawner(Spawner):
         """Who acts on this server now (see :mod:`mliy_spawner.audit`)."""
         return audit.actor_for(self, self.culler_services, self.control_service_name)
 
+    def _audit_soon(self, action, outcome="ok", reason=""):
+        """:meth:`_audit` in a task of its own (the actor is read now); returns the task."""
+        task = asyncio.ensure_future(self._audit(action, outcome, reason, self._actor()))
+        _audit_tasks.add(task)
+        task.add_done_callback(_audit_tasks.discard)
+        return task
+
     async def _audit(self, action, outcome="ok", reason="", actor=None, ids=None):
         """Record ``action`` in the audit trail; a store error is logged, never raised.
         ``ids``: the stack and instance ids (default: the server's now)."""
@@ -1335,7 +1346,9 @@ class MLiySpawner(Spawner):
         except Exception as e:
             spawn_failed(failure_reason(e))
             message = getattr(e, "jupyterhub_message", None) or str(e)
-            await spawner._audit(spawner._start_action(), "refused", f"validation: {message}")
+            # recorded in the background: awaited here, the store write would let
+            # JupyterHub answer 202 before this 400 (its slow_spawn_timeout may be 0)
+            spawner._audit_soon(spawner._start_action(), "refused", f"validation: {message}")
             raise
         await spawner._check_spend(choice)
         spawner._launch_choice = choice

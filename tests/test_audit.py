@@ -190,3 +190,21 @@ def test_store_filters_and_purges(store_url):
     assert store.purge_audit(now - timedelta(days=365)) == 1
     assert [e.actor for e in store.audit_entries()] == ["root", "idle-culler"]
     store.close()
+
+
+async def test_bad_options_are_refused_before_any_await_and_recorded_after(make_spawner):
+    from tornado.web import HTTPError
+
+    from mliy_spawner import spawner as spawner_module
+
+    spawner = make_spawner()
+    hook = spawner._run_apply_user_options({"launch_group": "nope"})
+    # the 400 comes on the hook's first step: JupyterHub (slow_spawn_timeout 0 in the
+    # demo) answers it, not a 202 for a spawn that then fails
+    with pytest.raises(HTTPError) as refused:
+        hook.send(None)
+    assert refused.value.status_code == 400
+    await asyncio.gather(*spawner_module._audit_tasks)
+    [entry] = spawner.store.audit_entries(outcome="refused")
+    assert (entry.action, entry.user) == ("launch", "alice")
+    assert entry.reason.startswith("validation: ") and "'nope'" in entry.reason
