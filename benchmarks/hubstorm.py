@@ -19,14 +19,19 @@ Measured: the hub's loop lag (a 10 ms ticker on the hub's own event loop, starte
 ``pre_spawn_hook`` with the first spawn and written to a file every second, off the
 loop), ``GET /hub/api/`` through the proxy every 50 ms from a thread (p50, p99, max),
 the time until every server is ready, and AWS requests per spawn. The 100 POSTs are
-sent at once from 100 threads. Run: ``python benchmarks/hubstorm.py`` (``make bench``
-does); it rewrites its block in ``benchmarks/RESULTS.md``.
+sent at once from 100 threads. A second storm, on a fresh hub and moto, has the proxy
+answer 30 % of the requests with AWS's own throttling errors (``RequestLimitExceeded``
+for EC2, ``Throttling`` for CloudFormation) and counts the servers ready, failed, and
+the orphaned stacks (live, but named by no server's state in the hub). Run:
+``python benchmarks/hubstorm.py`` (``make bench`` does); it rewrites its block in
+``benchmarks/RESULTS.md``.
 """
 
 import http.client
 import json
 import logging
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -55,10 +60,12 @@ from hubapi import (  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from results import write_block  # noqa: E402  (benchmarks/results.py)
 
+from mliy_spawner.aws import make_client  # noqa: E402
 from mliy_spawner.demo.aws import seed_account  # noqa: E402
 
 SPAWNS = 100
 LATENCY = 0.2  # seconds added to every AWS request
+THROTTLED = 0.3  # share of requests answered with a throttling error in the second storm
 REGION = "us-east-1"
 API_EVERY = 0.05
 READY_LIMIT = 900.0  # seconds before the run is given up
@@ -74,11 +81,22 @@ class SlowAWS(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, moto_port):
+    def __init__(self, moto_port, throttle_share=0.0, seed=20261201):
         self.moto_port = moto_port
         self.calls = Counter()
         self.lock = threading.Lock()
+        self.throttle_share = throttle_share
+        self.rng = random.Random(seed)  # the same storm every run
+        self.throttled = 0
         super().__init__(("127.0.0.1", 0), _SlowHandler)
+
+    def throttle(self):
+        """Whether to answer this request with AWS's throttling error."""
+        with self.lock:
+            if self.throttle_share and self.rng.random() < self.throttle_share:
+                self.throttled += 1
+                return True
+            return False
 
 
 class _SlowHandler(BaseHTTPRequestHandler):
@@ -91,6 +109,12 @@ class _SlowHandler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.calls[action] += 1
         time.sleep(LATENCY)
+        if self.server.throttle():
+            # the credential scope names the service: EC2's own error, or the query
+            # protocol's (CloudFormation), as tests/test_throttling.py answers them
+            ec2 = "/ec2/aws4_request" in self.headers.get("Authorization", "")
+            self._answer(400, _THROTTLED["ec2" if ec2 else "query"].encode())
+            return
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.moto_port, timeout=120)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
@@ -107,10 +131,29 @@ class _SlowHandler(BaseHTTPRequestHandler):
         finally:
             upstream.close()
 
+    def _answer(self, status, data):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
     def log_message(self, *args):
         pass
+
+
+_THROTTLED = {
+    "ec2": (
+        "<Response><Errors><Error><Code>RequestLimitExceeded</Code>"
+        "<Message>Request limit exceeded.</Message></Error></Errors></Response>"
+    ),
+    "query": (
+        "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>"
+        "<Message>Rate exceeded</Message></Error></ErrorResponse>"
+    ),
+}
 
 
 class _Notebook(BaseHTTPRequestHandler):
@@ -209,20 +252,35 @@ c.MLiySpawner.pre_spawn_hook = _start_ticker
 
 
 def main():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     lines = [
         f"Python {sys.version.split()[0]} on {sys.platform}; a real jupyterhub process; "
         f"{SPAWNS} users press Start at once; +{LATENCY * 1000:.0f} ms on every AWS request"
     ]
-    moto_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-    moto.start()
-    slow = SlowAWS(moto_port)
-    threading.Thread(target=slow.serve_forever, daemon=True).start()
     notebook = ThreadingHTTPServer(("127.0.0.1", 0), _Notebook)
     notebook.daemon_threads = True
     threading.Thread(target=notebook.serve_forever, daemon=True).start()
-    seed = seed_account(f"http://127.0.0.1:{moto_port}", REGION)
+    for label, share in (("spawn storm", 0.0), (f"throttling storm ({THROTTLED:.0%})", THROTTLED)):
+        lines += ["", f"{label}:"]
+        one_hub(share, notebook.server_address[1], lines)
+    notebook.shutdown()
+    print("\n".join(lines))
+    write_block(
+        "hubstorm.py", "## Spawn storm on a real hub (`python benchmarks/hubstorm.py`)", lines
+    )
+
+
+def one_hub(throttle_share, notebook_port, lines):
+    """A fresh moto server, proxy and hub; the storm; then all of it stopped."""
+    moto_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    slow = SlowAWS(moto_port, throttle_share)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    # moto's servers in one process share their state: start from an empty account
+    requests.post(f"{endpoint}/moto-api/reset", timeout=60).raise_for_status()
+    seed = seed_account(endpoint, REGION)
     with tempfile.TemporaryDirectory(prefix="mliy-bench-hubstorm-") as tmp:
         folder = Path(tmp)
         token = os.urandom(16).hex()
@@ -238,7 +296,7 @@ def main():
             store_url=f"sqlite:///{folder / 'mliy.sqlite'}",
             ami_id=seed.ami_id,
             security_group_id=seed.security_group_id,
-            notebook_port=notebook.server_address[1],
+            notebook_port=notebook_port,
             lag_file=str(lag_file),
         )
         hub = HubClient(f"http://127.0.0.1:{ports['public_port']}", token, timeout=120)
@@ -246,19 +304,36 @@ def main():
         process = start_jupyterhub(config_file, hub, log, timeout=120)
         try:
             run_storm(hub, slow, lag_file, lines)
+            slow.throttle_share = 0.0  # the count below is not the storm's
+            lines.append(f"  orphaned stacks: {len(orphans(hub, endpoint))}")
+            if throttle_share:
+                lines.append(f"  throttled answers injected: {slow.throttled:,}")
         except BaseException:
             print(log.read_text(errors="replace")[-6000:])
             raise
         finally:
             stop_process(process)
             hub.session.close()
-    notebook.shutdown()
     slow.shutdown()
     moto.stop()
-    print("\n".join(lines))
-    write_block(
-        "hubstorm.py", "## Spawn storm on a real hub (`python benchmarks/hubstorm.py`)", lines
-    )
+
+
+def orphans(hub, endpoint):
+    """Live stacks that no server's state names (the hub's own view, as admin)."""
+    owned = set()
+    for model in hub.get("/users?include_stopped_servers=1") or ():
+        for server in (model.get("servers") or {}).values():
+            stack_id = ((server.get("state") or {}).get("mliy") or {}).get("stack_id")
+            if stack_id:
+                owned.add(stack_id)
+    cfn = make_client("cloudformation", REGION, endpoint)
+    live = {
+        s["StackId"]
+        for page in cfn.get_paginator("list_stacks").paginate()
+        for s in page["StackSummaries"]
+        if s["StackStatus"] != "DELETE_COMPLETE"
+    }
+    return live - owned
 
 
 def run_storm(hub, slow, lag_file, lines):
