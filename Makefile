@@ -73,6 +73,7 @@ bench: install
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/costpages.py
 	$(BIN)/python benchmarks/readiness.py
+	$(BIN)/python benchmarks/hubread.py
 
 clean:
 	rm -rf $(VENV) .venv-jupyterhub-* $(NODE_PREFIX) build dist *.egg-info

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "tests"))  # servicehub, pg
 
-from results import write_block  # noqa: E402  (benchmarks/results.py)
+from results import postgres_databases, write_block  # noqa: E402  (benchmarks/results.py)
 from servicehub import start_hub  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 
@@ -279,20 +279,10 @@ def run_hub(name, root, month, now, rows, before, lines, store_url=None):
 
 
 def with_postgres(root, month, now, rows, before, lines):
-    from pg import PostgresServer, find_bin_dir
-
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        lines.append("PostgreSQL: not installed (Debian's postgresql), skipped")
-        return
-    server = PostgresServer(bin_dir)
-    server.start()
-    try:
-        server.create_database("costpages")
-        url = server.url("costpages")
-        run_hub("PostgreSQL", root, month, now, rows, before, lines, store_url=url)
-    finally:
-        server.stop()
+    with postgres_databases(["costpages"], lines) as urls:
+        if urls:
+            url = urls["costpages"]
+            run_hub("PostgreSQL", root, month, now, rows, before, lines, store_url=url)
 
 
 def write_results(lines):

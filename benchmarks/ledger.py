@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from results import write_block  # noqa: E402  (benchmarks/results.py)
+from results import postgres_databases, write_block  # noqa: E402  (benchmarks/results.py)
 from sqlalchemy import insert  # noqa: E402
 
 from mliy_spawner import costs, ledger  # noqa: E402
@@ -219,21 +219,9 @@ def run_all(url, name, lines):
 
 
 def with_postgres(lines):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from pg import PostgresServer, find_bin_dir
-
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        lines.append("PostgreSQL: not installed (Debian's postgresql), skipped")
-        return
-    server = PostgresServer(bin_dir)
-    server.start()
-    try:
-        for name in ("upkeep", "quiet", "busy"):
-            server.create_database(f"ledger_{name}")
-        run_all(server.url("ledger_upkeep"), "PostgreSQL", lines)
-    finally:
-        server.stop()
+    with postgres_databases([f"ledger_{n}" for n in ("upkeep", "quiet", "busy")], lines) as urls:
+        if urls:
+            run_all(urls["ledger_upkeep"], "PostgreSQL", lines)
 
 
 def write_results(lines):

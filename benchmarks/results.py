@@ -1,4 +1,5 @@
-"""Writing a benchmark's figures into ``benchmarks/RESULTS.md``.
+"""What the benchmarks share: writing their figures into ``benchmarks/RESULTS.md``, and a
+throw-away PostgreSQL.
 
 Each script owns one block between ``<!-- <script>:begin -->`` and ``<!-- <script>:end -->``
 and rewrites only that block; the text around it (what the figures mean) is kept. A
@@ -6,6 +7,8 @@ script run for the first time appends its block under ``header``.
 """
 
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -21,3 +24,24 @@ def write_block(script, header, lines, results=RESULTS):
     else:
         text = text.rstrip("\n") + f"\n\n{header}\n\n{block}\n"
     results.write_text(text)
+
+
+@contextmanager
+def postgres_databases(names, lines):
+    """``{name: SQLAlchemy URL}`` of new databases on a throw-away PostgreSQL
+    (``tests/pg.py``), stopped on leaving; None, with a line in ``lines`` saying so, when
+    Debian's ``postgresql`` is not installed."""
+    sys.path.insert(0, str(RESULTS.parent.parent / "tests"))
+    from pg import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        lines.append("PostgreSQL: not installed (Debian's postgresql), skipped")
+        yield None
+        return
+    server = PostgresServer(bin_dir)
+    server.start()
+    try:
+        yield {name: server.create_database(name) for name in names}
+    finally:
+        server.stop()

@@ -519,6 +519,26 @@ def test_hub_states_and_clearing_never_touch_an_active_server():
     assert hub.notify("bob", "pending", notice) is False
 
 
+def test_hub_states_are_one_query_whatever_the_number_of_servers():
+    # the reconciler reads them on the hub's loop: a query per row (each spawner's user
+    # and server loaded apart) stalled it for seconds at 5,000 servers
+    from sqlalchemy import event
+
+    hub = HubDB()
+    for i in range(30):
+        hub.row(f"u{i}", "", mliy_state(f"{A}-{i}"), running=i % 3 == 0)
+        hub.row(f"u{i}", "gpu", {"other": 1})  # no mliy state, not active: not listed
+    hub.db.expire_all()
+    statements = []
+    engine = hub.db.get_bind()
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    states = hub.server_states()
+    assert len(statements) == 1, statements
+    assert len(states) == 30
+    assert {s.stack_id for s in states} == {f"{A}-{i}" for i in range(30)}
+    assert sum(s.active for s in states) == 10
+
+
 def test_clearing_reloads_a_live_spawner(make_spawner):
     hub = HubDB()
     row = hub.row("alice", "", mliy_state(A))
