@@ -59,6 +59,7 @@ from hubapi import (  # noqa: E402
 )
 from moto.server import ThreadedMotoServer  # noqa: E402
 from results import write_block  # noqa: E402  (benchmarks/results.py)
+from test_throttling import THROTTLED_BODIES  # noqa: E402  (tests/test_throttling.py)
 
 from mliy_spawner.aws import make_client  # noqa: E402
 from mliy_spawner.demo.aws import seed_account  # noqa: E402
@@ -113,7 +114,7 @@ class _SlowHandler(BaseHTTPRequestHandler):
             # the credential scope names the service: EC2's own error, or the query
             # protocol's (CloudFormation), as tests/test_throttling.py answers them
             ec2 = "/ec2/aws4_request" in self.headers.get("Authorization", "")
-            self._answer(400, _THROTTLED["ec2" if ec2 else "query"].encode())
+            self._answer(400, THROTTLED_BODIES["ec2" if ec2 else "query"].encode())
             return
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.moto_port, timeout=120)
         try:
@@ -142,18 +143,6 @@ class _SlowHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-_THROTTLED = {
-    "ec2": (
-        "<Response><Errors><Error><Code>RequestLimitExceeded</Code>"
-        "<Message>Request limit exceeded.</Message></Error></Errors></Response>"
-    ),
-    "query": (
-        "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>"
-        "<Message>Rate exceeded</Message></Error></ErrorResponse>"
-    ),
-}
 
 
 class _Notebook(BaseHTTPRequestHandler):

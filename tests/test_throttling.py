@@ -11,7 +11,7 @@ from botocore.awsrequest import AWSResponse
 
 SPAWNS = 20  # the storm at a size CI runs in seconds; benchmarks/ runs 50
 
-_BODIES = {
+THROTTLED_BODIES = {
     # EC2's own error document, and the query protocol's (CloudFormation)
     "ec2": (
         "<Response><Errors><Error><Code>RequestLimitExceeded</Code>"
@@ -43,7 +43,7 @@ class Throttle:
         self.injected = 0
 
     def put_on(self, client):
-        body = _BODIES[client.meta.service_model.protocol]
+        body = THROTTLED_BODIES[client.meta.service_model.protocol]
         # first: before moto's own before-send handler answers the request
         client.meta.events.register_first("before-send", lambda request, **kw: self(request, body))
 
