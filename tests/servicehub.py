@@ -8,7 +8,8 @@ proxy. :class:`ServiceHub` is a :class:`hubapi.HubClient` at ``hub.public_url`` 
 ``test-admin``, with the service's own calls (through the proxy, or straight to the
 service from another loopback address: :meth:`ServiceHub.direct`), a count of the
 service's token checks in the hub's log (:meth:`ServiceHub.token_checks`);
-:meth:`ServiceHub.stop` ends it.
+:meth:`ServiceHub.stop` ends it. :func:`start_admin_hub` is the hub the admin pages'
+tests share: a user and an admin with their tokens, the per-address limits lifted.
 """
 
 import http.client
@@ -29,6 +30,9 @@ from hubapi import (
 )
 
 SERVICE = "mliy"
+# every request of the service tests comes from one address (the proxy names 127.0.0.1):
+# lift the service's per-address limits, save where a test measures them
+UNLIMITED = {"MLIY_ADDRESS_RATE": "1000", "MLIY_ADDRESS_BURST": "100000"}
 
 
 @dataclass
@@ -182,4 +186,14 @@ def start_hub(root, aws_endpoint_url="", environment=None, hub_env=None, timeout
     hub.proc = start_jupyterhub(
         config_file, hub, hub.hub_log, env=hub_env, up=service_up, debug=True, timeout=timeout
     )
+    return hub
+
+
+def start_admin_hub(root, user="ann", admin="root"):
+    """:func:`start_hub` with :data:`UNLIMITED`, ``user`` and the admin ``admin`` created,
+    and ``hub.tokens`` holding a token of each by name."""
+    hub = start_hub(root, environment=UNLIMITED)
+    hub.create_user(user)
+    hub.create_user(admin, admin=True)
+    hub.tokens = {name: hub.user_token(name) for name in (user, admin)}
     return hub

@@ -14,14 +14,13 @@ import secrets
 
 import pytest
 from fakespawner import REGION, instance_id_for
-from servicehub import start_hub
+from servicehub import UNLIMITED, start_hub
 
 from mliy_spawner import bootstrap
 from mliy_spawner.store import Store
 
 USER = "hostile"
 ADDRESS = "127.0.0.2"  # the instance's private address, as the spawner recorded it
-UNLIMITED = {"MLIY_ADDRESS_RATE": "1000", "MLIY_ADDRESS_BURST": "100000"}
 JSON = {"Content-Type": "application/json"}
 
 

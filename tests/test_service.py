@@ -18,7 +18,7 @@ import requests
 from fakespawner import REGION, hold_path, instance_id_for
 from hubapi import free_port, log_tail, wait_for
 from moto.server import ThreadedMotoServer
-from servicehub import SERVICE, start_hub
+from servicehub import SERVICE, UNLIMITED, start_hub
 
 from mliy_spawner.service import (
     PROGRESS_SCOPE,
@@ -432,9 +432,7 @@ AWS_ENV = {
 }
 
 
-# every request of these tests comes from one address (the proxy names 127.0.0.1): the
-# per-address limit has its own hub below (limited_hub)
-UNLIMITED = {"MLIY_ADDRESS_RATE": "1000", "MLIY_ADDRESS_BURST": "100000"}
+# the per-address limit (lifted by UNLIMITED) has its own hub below (limited_hub)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from servicehub import start_hub
+from servicehub import start_admin_hub
 
 from mliy_spawner.service.audit import QueryError, parse_query, purge_forever
 from mliy_spawner.store import Store
@@ -18,12 +18,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    hub = start_hub(
-        tmp_path_factory.mktemp("audithub"),
-        environment={"MLIY_ADDRESS_RATE": "1000", "MLIY_ADDRESS_BURST": "100000"},
-    )
-    hub.create_user("ann")
-    hub.create_user("root", admin=True)
+    hub = start_admin_hub(tmp_path_factory.mktemp("audithub"))
     store = Store(hub.store_url)
     rows = [
         ("launch", "ann", "user", "form", "ok", "", "ann", NOW - timedelta(days=3)),
@@ -48,7 +43,6 @@ def hub(tmp_path_factory):
             when=when,
         )
     store.close()
-    hub.tokens = {name: hub.user_token(name) for name in ("ann", "root")}
     yield hub
     hub.stop()
 

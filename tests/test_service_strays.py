@@ -4,7 +4,7 @@ page, for hub admins only, escaped, and refusing any query argument."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from servicehub import start_hub
+from servicehub import start_admin_hub
 
 from mliy_spawner.store import Store
 
@@ -15,12 +15,7 @@ GAVE_UP = "arn:aws:cloudformation:us-east-1:123456789012:stack/mliy-bo-2/def"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    hub = start_hub(
-        tmp_path_factory.mktemp("strayshub"),
-        environment={"MLIY_ADDRESS_RATE": "1000", "MLIY_ADDRESS_BURST": "100000"},
-    )
-    hub.create_user("ann")
-    hub.create_user("root", admin=True)
+    hub = start_admin_hub(tmp_path_factory.mktemp("strayshub"))
     store = Store(hub.store_url)
     found = [
         {
@@ -44,9 +39,18 @@ def hub(tmp_path_factory):
     ]
     store.replace_findings("mliy", "us-east-1", found, when=NOW)
     store.close()
-    hub.tokens = {name: hub.user_token(name) for name in ("ann", "root")}
     yield hub
     hub.stop()
+
+
+@pytest.fixture(scope="module")
+def browsers(hub):
+    """A logged-in session of each user for the whole module: one login (and one pass
+    through the service's OAuth) each."""
+    sessions = {name: hub.browser(name) for name in ("ann", "root")}
+    yield sessions
+    for session in sessions.values():
+        session.close()
 
 
 def test_admins_read_the_findings(hub):
@@ -64,26 +68,18 @@ def test_admins_read_the_findings(hub):
     assert findings[0]["since"] is None  # unknown stays unknown
 
 
-def test_the_findings_are_for_admins_only(hub):
+def test_the_findings_are_for_admins_only(hub, browsers):
     r = hub.service("GET", "api/strays", token=hub.tokens["ann"])
     assert r.status_code == 403 and "hub admins" in r.json()["message"]
     assert hub.service("GET", "api/strays").status_code == 401
-    browser = hub.browser("ann")
-    try:
-        page = browser.get(f"{hub.service_url}/strays", timeout=30)
-    finally:
-        browser.close()
+    page = browsers["ann"].get(f"{hub.service_url}/strays", timeout=30)
     assert page.status_code == 403 and "hub admins" in page.text
     assert ORPHAN not in page.text and ">Strays<" not in page.text
 
 
-def test_the_page_lists_them_escaped(hub):
-    browser = hub.browser("root")
-    try:
-        page = browser.get(f"{hub.service_url}/strays", timeout=30)
-        home = browser.get(f"{hub.service_url}/costs", timeout=30)
-    finally:
-        browser.close()
+def test_the_page_lists_them_escaped(hub, browsers):
+    page = browsers["root"].get(f"{hub.service_url}/strays", timeout=30)
+    home = browsers["root"].get(f"{hub.service_url}/costs", timeout=30)
     assert page.status_code == 200, page.text
     assert "mliy-ann-1" in page.text and "ann/" in page.text
     assert "<img src=x" not in page.text and "&lt;img src=x" in page.text
@@ -95,13 +91,9 @@ def test_the_page_lists_them_escaped(hub):
 @pytest.mark.parametrize(
     "query", ["?kind=orphan", "?token=abc", "?user=ann&user=bob", "?%FF=1"], ids=str
 )
-def test_query_arguments_are_refused(hub, query):
+def test_query_arguments_are_refused(hub, browsers, query):
     r = hub.service("GET", f"api/strays{query}", token=hub.tokens["root"])
     assert r.status_code == 400, r.text
     assert "not allowed here; allowed: none" in r.json()["message"]
-    browser = hub.browser("root")
-    try:
-        page = browser.get(f"{hub.service_url}/strays{query}", timeout=30)
-    finally:
-        browser.close()
+    page = browsers["root"].get(f"{hub.service_url}/strays{query}", timeout=30)
     assert page.status_code == 400 and "allowed: none" in page.text
