@@ -399,6 +399,8 @@ def run_storm(hub, slow, lag_file, lines):
         f"{dict(slow.calls.most_common())}",
         "  where the loop thread was while the loop ran over 100 ms late (samples every 20 ms):",
         *where(found.get("stalls", [])),
+        "  the stalls over 100 ms, and whose code each sample was in:",
+        *stalls_by_owner(found.get("stalls", [])),
     ]
 
 
@@ -413,6 +415,43 @@ def where(stalls, top=10):
         mine = ours[-1].split("site-packages/")[-1].replace(f"{ROOT}/", "") if ours else "-"
         places[f"{mine}  (innermost: {inner})"] += 1
     return [f"    {n:4d}  {place}" for place, n in places.most_common(top)] or ["    none"]
+
+
+def owner(frames):
+    """Whose work a stall sample shows: this package's, or the JupyterHub step it is in."""
+    if any("/mliy_spawner/" in f for f in frames):
+        return "mliy_spawner"
+    for needle, name in (
+        ("/apihandlers/users.py:", "POST handler"),
+        ("/jupyterhub/user.py:", "User.spawn"),
+        ("/jupyterhub/", "other JupyterHub"),
+    ):
+        if any(needle in f for f in frames):
+            return name
+    return "other"
+
+
+def stalls_by_owner(stalls, top=8):
+    """The longest stalls (a run of samples whose lateness keeps growing) with the count of
+    their samples by :func:`owner`, and how many samples of all show this package."""
+    runs, last = [], None
+    for late, frames in stalls:
+        if last is None or late < last:
+            runs.append([0.0, Counter()])
+        runs[-1][0] = late
+        runs[-1][1][owner(frames)] += 1
+        last = late
+    runs.sort(key=lambda run: run[0], reverse=True)
+    lines = [
+        f"    {late * 1000:6.0f} ms: " + ", ".join(f"{k} {n}" for k, n in owners.most_common())
+        for late, owners in runs[:top]
+    ]
+    ours = sum(owner(frames) == "mliy_spawner" for _, frames in stalls)
+    lines.append(
+        f"    {len(runs)} stalls sampled, {len(stalls)} samples; with a frame of mliy_spawner:"
+        f" {ours}"
+    )
+    return lines
 
 
 if __name__ == "__main__":

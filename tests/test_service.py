@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import boto3
@@ -214,6 +215,34 @@ def test_server_token_scopes_add_the_progress_scope_once_defined(monkeypatch):
     monkeypatch.setitem(scopes.scope_definitions, PROGRESS_SCOPE, {"description": "x"})
     assert server_token_scopes(_Spawner())[-1] == "custom:mliy-progress!server"
     assert progress_scope("ann", "") == "custom:mliy-progress!server=ann/"
+
+
+def test_server_token_scopes_read_the_server_role_once_per_hub_database():
+    # JupyterHub asks for them at every spawn, on its loop: the role comes from the
+    # hub's load_roles at start-up, so one query per hub database is enough
+    from jupyterhub import orm
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.orm import Session
+
+    engine = create_engine("sqlite://")
+    orm.Base.metadata.create_all(engine)
+    db = Session(engine)
+    db.add(orm.Role(name="server", scopes=["users:activity!user", "read:users:name"]))
+    db.commit()
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    spawner = SimpleNamespace(db=db)
+    first, again = server_token_scopes(spawner), server_token_scopes(spawner)
+    assert first == again
+    assert first[:2] == ["users:activity!user", "read:users:name"]
+    assert len(statements) == 1, statements
+    other = create_engine("sqlite://")  # another hub's database: its own role
+    orm.Base.metadata.create_all(other)
+    with Session(other) as db2:
+        db2.add(orm.Role(name="server", scopes=["access:servers!server"]))
+        db2.commit()
+        assert server_token_scopes(SimpleNamespace(db=db2))[0] == "access:servers!server"
+    db.close()
 
 
 def test_rate_limiter_bursts_then_refills():

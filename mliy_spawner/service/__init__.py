@@ -13,6 +13,7 @@ rules: ``docs/service.md``.
 import json
 import os
 import sys
+import weakref
 
 
 def _start_scope():
@@ -47,6 +48,24 @@ def progress_scope(user, server_name):
     return f"{PROGRESS_SCOPE}!server={user}/{server_name}"
 
 
+#: The ``server`` role's scopes, read once per hub database: JupyterHub builds its roles
+#: from ``load_roles`` at start-up only, and the query cost every spawn a round trip on the
+#: hub's loop (``benchmarks/hubstorm.py``).
+_SERVER_ROLE_SCOPES = weakref.WeakKeyDictionary()
+
+
+def _server_role_scopes(db):
+    from jupyterhub import orm
+
+    if db is None:
+        return None
+    bind = db.get_bind()
+    if bind not in _SERVER_ROLE_SCOPES:
+        role = orm.Role.find(db, "server")
+        _SERVER_ROLE_SCOPES[bind] = tuple(role.scopes) if role else None
+    return _SERVER_ROLE_SCOPES[bind]
+
+
 def server_token_scopes(spawner):
     """``Spawner.server_token_scopes``: the hub's ``server`` role plus the progress scope
     on this server (``...!server``; the hub fills in ``=<user>/<server>``).
@@ -54,11 +73,10 @@ def server_token_scopes(spawner):
     The progress scope is asked for only when :func:`configure_service` defined it: the
     hub fails a spawn whose token asks for an unknown scope.
     """
-    from jupyterhub import orm
     from jupyterhub.scopes import scope_definitions
 
-    role = orm.Role.find(spawner.db, "server") if spawner.db is not None else None
-    scopes = list(role.scopes) if role else ["users:activity!user", "access:servers!server"]
+    role_scopes = _server_role_scopes(spawner.db)
+    scopes = list(role_scopes) if role_scopes else ["users:activity!user", "access:servers!server"]
     if PROGRESS_SCOPE in scope_definitions:
         scopes.append(f"{PROGRESS_SCOPE}!server")
     return scopes
