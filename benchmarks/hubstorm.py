@@ -22,7 +22,10 @@ the time until every server is ready, and AWS requests per spawn. The 100 POSTs 
 sent at once from 100 threads. A second storm, on a fresh hub and moto, has the proxy
 answer 30 % of the requests with AWS's own throttling errors (``RequestLimitExceeded``
 for EC2, ``Throttling`` for CloudFormation) and counts the servers ready, failed, and
-the orphaned stacks (live, but named by no server's state in the hub). Run:
+the orphaned stacks (live, but named by no server's state in the hub). A third runs the
+first storm again with the hub's own database on a throw-away PostgreSQL (``tests/pg.py``),
+when Debian's ``postgresql`` is installed. The watchdog's samples are grouped into stalls
+and counted by whose code they are in (:func:`stalls_by_owner`). Run:
 ``python benchmarks/hubstorm.py`` (``make bench`` does); it rewrites its block in
 ``benchmarks/RESULTS.md``.
 """
@@ -58,7 +61,7 @@ from hubapi import (  # noqa: E402
     write_hub_config,  # noqa: E402
 )
 from moto.server import ThreadedMotoServer  # noqa: E402
-from results import write_block  # noqa: E402  (benchmarks/results.py)
+from results import postgres_databases, write_block  # noqa: E402  (benchmarks/results.py)
 from test_throttling import THROTTLED_BODIES  # noqa: E402  (tests/test_throttling.py)
 
 from mliy_spawner.aws import make_client  # noqa: E402
@@ -228,6 +231,7 @@ async def _tick():
         if now - last_write > 1.0:
             last_write = now
             data = json.dumps({{"lags": lags, "stalls": _stalls}})
+            _last[0] = 0.0  # not ticking while the file is written: no stall to sample
             await asyncio.to_thread(LAGS.write_text, data)
 
 
@@ -237,6 +241,7 @@ def _start_ticker(spawner):
 
 
 c.MLiySpawner.pre_spawn_hook = _start_ticker
+{hub_db}
 """
 
 
@@ -249,9 +254,15 @@ def main():
     notebook = ThreadingHTTPServer(("127.0.0.1", 0), _Notebook)
     notebook.daemon_threads = True
     threading.Thread(target=notebook.serve_forever, daemon=True).start()
+    port = notebook.server_address[1]
     for label, share in (("spawn storm", 0.0), (f"throttling storm ({THROTTLED:.0%})", THROTTLED)):
         lines += ["", f"{label}:"]
-        one_hub(share, notebook.server_address[1], lines)
+        one_hub(share, port, lines)
+    # the same storm with the hub's own database on PostgreSQL, as docs/production.md has it
+    with postgres_databases(["jupyterhub"], lines) as urls:
+        if urls:
+            lines += ["", "spawn storm, the hub's database on PostgreSQL (tests/pg.py: no fsync):"]
+            one_hub(0.0, port, lines, hub_db_url=urls["jupyterhub"])
     notebook.shutdown()
     print("\n".join(lines))
     write_block(
@@ -259,8 +270,9 @@ def main():
     )
 
 
-def one_hub(throttle_share, notebook_port, lines):
-    """A fresh moto server, proxy and hub; the storm; then all of it stopped."""
+def one_hub(throttle_share, notebook_port, lines, hub_db_url=None):
+    """A fresh moto server, proxy and hub; the storm; then all of it stopped. The hub's
+    database is SQLite in the hub's folder, or at ``hub_db_url``."""
     moto_port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
@@ -287,6 +299,7 @@ def one_hub(throttle_share, notebook_port, lines):
             security_group_id=seed.security_group_id,
             notebook_port=notebook_port,
             lag_file=str(lag_file),
+            hub_db=f"c.JupyterHub.db_url = {hub_db_url!r}" if hub_db_url else "",
         )
         hub = HubClient(f"http://127.0.0.1:{ports['public_port']}", token, timeout=120)
         log = folder / "jupyterhub.log"
