@@ -158,3 +158,41 @@ async def test_a_stack_deleted_behind_the_hubs_back_is_seen(aws_env, make_spawne
         await spawner.reflector.refresh()
     assert spawner.reflector.is_gone(spawner.stack.stack_id)
     assert await spawner.poll() == 0
+
+
+def test_a_busy_cycle_describes_its_stacks_a_few_at_a_time(aws_env, counted_clients):
+    # a class of 100 starting together: one after another, 200 ms each, a cycle took 20 s
+    import threading
+
+    counts, ec2, cfn = counted_clients
+    ids = [
+        aws_env.cfn.create_stack(StackName=f"mliy-class-{i}", TemplateBody=FOREIGN_TEMPLATE)[
+            "StackId"
+        ]
+        for i in range(10)
+    ]
+    aws_env.cfn.delete_stack(StackName=ids[3])
+    workers = reflector_module.DESCRIBE_WORKERS
+    together = threading.Barrier(workers, timeout=10)  # broken if they come one at a time
+    first = []
+    lock = threading.Lock()
+
+    def wait_for_the_others(model, **kwargs):
+        if model.name != "DescribeStacks":
+            return
+        with lock:
+            first.append(1)
+            waits = len(first) <= workers
+        if waits:
+            together.wait()
+
+    cfn.meta.events.register("before-call", wait_for_the_others)
+    instances, described = reflector_module.read_view(
+        ec2, cfn, "mliy", set(ids), {}, set(), set(), {}, 0
+    )
+    assert list(described) == sorted(ids)
+    assert described[ids[3]] is None  # deleted: gone
+    assert {v.name for k, v in described.items() if k != ids[3]} == {
+        f"mliy-class-{i}" for i in range(10) if i != 3
+    }
+    assert counts["DescribeStacks"] == 10  # each once, as before
