@@ -187,9 +187,7 @@ def test_a_busy_cycle_describes_its_stacks_a_few_at_a_time(aws_env, counted_clie
             together.wait()
 
     cfn.meta.events.register("before-call", wait_for_the_others)
-    instances, described = reflector_module.read_view(
-        ec2, cfn, "mliy", set(ids), {}, set(), set(), {}, 0
-    )
+    _, described = reflector_module.read_view(ec2, cfn, "mliy", set(ids), {}, set(), set(), {}, 0)
     assert list(described) == sorted(ids)
     assert described[ids[3]] is None  # deleted: gone
     assert {v.name for k, v in described.items() if k != ids[3]} == {
