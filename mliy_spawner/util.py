@@ -3,6 +3,8 @@
 - :func:`run_blocking`: the one road for a blocking call (boto3, the store, DNS plugins,
   file reads, template rendering). It runs on one shared, bounded thread pool, so the
   hub's event loop never waits on I/O.
+- :func:`one_per_iteration`: a turnstile that lets its waiters on one per iteration of
+  the event loop, so a burst of spawns does not run its synchronous steps back to back.
 - :func:`shorten`: a value made short enough for a message or a log line.
 - :func:`control_character`: the first control or invisible character of a text.
 - :func:`user_error`: the error JupyterHub shows a user as it is (a spawn, a login).
@@ -13,10 +15,12 @@
 """
 
 import asyncio
+import collections
 import functools
 import re
 import threading
 import unicodedata
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
@@ -47,6 +51,53 @@ async def run_blocking(fn, /, *args, **kwargs):
     """Run ``fn(*args, **kwargs)`` on the shared pool and await its result."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(blocking_pool(), functools.partial(fn, *args, **kwargs))
+
+
+class _Turnstile:
+    """The waiters of one event loop, let on one per iteration of that loop."""
+
+    def __init__(self):
+        self.waiting = collections.deque()
+        self.turning = False
+
+    def wait(self, loop):
+        waiter = loop.create_future()
+        self.waiting.append(waiter)
+        if not self.turning:
+            self.turning = True
+            loop.call_soon(self.turn, loop)
+        return waiter
+
+    def turn(self, loop):
+        # The waiter's task resumes in the next iteration, and so does this call, which
+        # lets the next waiter on only after that task ran up to its next await.
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():  # a cancelled wait gives its place up
+                waiter.set_result(None)
+                break
+        if self.waiting:
+            loop.call_soon(self.turn, loop)
+        else:
+            self.turning = False
+
+
+_turnstiles = weakref.WeakKeyDictionary()
+
+
+async def one_per_iteration():
+    """Wait for this task's turn: one waiter is let on per iteration of the running loop.
+
+    A task that awaits this before a synchronous stretch (no await for some milliseconds)
+    runs that stretch in an iteration of its own, so timers and requests get their turn
+    between those of a burst instead of after all of them. JupyterHub's own steps at the
+    start of each spawn are such a stretch (see ``MLiySpawner.server_token_scopes``).
+    """
+    loop = asyncio.get_running_loop()
+    turnstile = _turnstiles.get(loop)
+    if turnstile is None:
+        turnstile = _turnstiles[loop] = _Turnstile()
+    await turnstile.wait(loop)
 
 
 def shorten(value, limit=80):
