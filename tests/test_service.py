@@ -202,7 +202,7 @@ def test_instance_ids_and_query_arguments():
 
 
 class _Spawner:
-    db = None  # no hub database: the hub's default "server" role
+    orm_spawner = None  # no hub database: the hub's default "server" role
 
 
 def test_server_token_scopes_add_the_progress_scope_once_defined(monkeypatch):
@@ -215,6 +215,19 @@ def test_server_token_scopes_add_the_progress_scope_once_defined(monkeypatch):
     monkeypatch.setitem(scopes.scope_definitions, PROGRESS_SCOPE, {"description": "x"})
     assert server_token_scopes(_Spawner())[-1] == "custom:mliy-progress!server"
     assert progress_scope("ann", "") == "custom:mliy-progress!server=ann/"
+
+
+def hub_spawner_row(db):
+    """A user's spawner row in the hub database ``db``."""
+    from jupyterhub import orm
+
+    user = orm.User(name="ann")
+    db.add(user)
+    db.commit()
+    row = orm.Spawner(user=user, name="")
+    db.add(row)
+    db.commit()
+    return row
 
 
 def test_server_token_scopes_read_the_server_role_once_per_hub_database():
@@ -231,7 +244,9 @@ def test_server_token_scopes_read_the_server_role_once_per_hub_database():
     db.commit()
     statements = []
     event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    spawner = SimpleNamespace(db=db)
+    # the session is the spawner row's (no Spawner.db: JupyterHub warns on reading it)
+    spawner = SimpleNamespace(orm_spawner=hub_spawner_row(db))
+    statements.clear()
     first, again = server_token_scopes(spawner), server_token_scopes(spawner)
     assert first == again
     assert first[:2] == ["users:activity!user", "read:users:name"]
@@ -241,7 +256,8 @@ def test_server_token_scopes_read_the_server_role_once_per_hub_database():
     with Session(other) as db2:
         db2.add(orm.Role(name="server", scopes=["access:servers!server"]))
         db2.commit()
-        assert server_token_scopes(SimpleNamespace(db=db2))[0] == "access:servers!server"
+        row = hub_spawner_row(db2)
+        assert server_token_scopes(SimpleNamespace(orm_spawner=row))[0] == "access:servers!server"
     db.close()
 
 

@@ -15,6 +15,8 @@ import os
 import sys
 import weakref
 
+from sqlalchemy.orm import object_session
+
 
 def _start_scope():
     """The scope that lets a token start servers on the installed JupyterHub.
@@ -75,7 +77,10 @@ def server_token_scopes(spawner):
     """
     from jupyterhub.scopes import scope_definitions
 
-    role_scopes = _server_role_scopes(spawner.db)
+    # the session the hub's spawner row lives in, not the deprecated Spawner.db (which
+    # logs a warning the first time each spawner reads it)
+    orm_spawner = getattr(spawner, "orm_spawner", None)
+    role_scopes = _server_role_scopes(object_session(orm_spawner) if orm_spawner else None)
     scopes = list(role_scopes) if role_scopes else ["users:activity!user", "access:servers!server"]
     if PROGRESS_SCOPE in scope_definitions:
         scopes.append(f"{PROGRESS_SCOPE}!server")
