@@ -1500,12 +1500,23 @@ class MLiySpawner(Spawner):
         except ClientError as e:
             # AWS refused the stack (bad subnet, AMI, profile...). None should exist, but
             # make sure nothing half-made stays behind under that name.
-            await run_blocking(stacks.delete_stack, self.cfn_client, name)
+            await self._claim_failed_create(name)
             message = e.response.get("Error", {}).get("Message") or str(e)
             log.warning("CreateStack %s for %s refused: %s", name, self._log_name, message)
             raise user_error(
                 500,
                 f"AWS refused to launch {choice.config.display_name}: {for_users(message)}",
+                "create-stack",
+            ) from None
+        except Exception as e:
+            # no answer (a timeout, a cut connection, an unreadable answer): AWS may have
+            # made the stack all the same
+            await self._claim_failed_create(name)
+            log.warning("CreateStack %s for %s got no answer: %s", name, self._log_name, e)
+            raise user_error(
+                500,
+                f"AWS did not answer the request to launch {choice.config.display_name}; "
+                "try again in a minute.",
                 "create-stack",
             ) from None
         except asyncio.CancelledError:
@@ -1517,6 +1528,8 @@ class MLiySpawner(Spawner):
             if created:
                 self.stack.stack_id = stack_id
                 await self._delete_stack()
+            elif stack_id is None:  # it failed: AWS may have made the stack all the same
+                await self._claim_failed_create(name)
             raise
         if not created:
             await self._refuse_foreign_stack(stack_id, name)
@@ -1537,14 +1550,35 @@ class MLiySpawner(Spawner):
                 return await self._launch(choice)
         self._progress.emit("CloudFormation accepted the stack; waiting for the instance", 10)
 
+    async def _claim_failed_create(self, name):
+        """CreateStack failed, but AWS may have made the stack all the same (an answer
+        lost on the way back). Take a stack of this server under ``name`` into state:
+        the failed start's cleanup deletes it, or keeps it flagged for stop() to retry."""
+        try:
+            stack = await run_blocking(stacks.describe_stack, self.cfn_client, name)
+        except Exception as e:
+            # unreadable (moto cannot describe some stacks it failed to make): delete it
+            # by name, which only this server's stacks have
+            log.warning("Describing stack %s after a failed CreateStack: %s", name, e)
+            try:
+                await run_blocking(stacks.delete_stack, self.cfn_client, name)
+            except Exception as e:
+                log.error("Deleting stack %s failed (%s); the reconciler reports it", name, e)
+            return
+        if not stack or not self._owns(stack):
+            return  # nothing was made, or the name holds a stack that is not this server's
+        self.stack.stack_id, self.stack.stack_name = stack["StackId"], name
+        self.stack.region = self.region
+        self._save_state_now()
+
     async def _refuse_foreign_stack(self, stack_id, name):
         """A stack of this server's name exists: adopt it (a hub that crashed between
         CreateStack and saving state) only when its tags name this hub, user and server.
         Anyone who may create stacks could otherwise plant one under a predictable name."""
         stack = await run_blocking(stacks.describe_stack, self.cfn_client, stack_id)
-        tags = {t["Key"]: t["Value"] for t in (stack or {}).get("Tags") or ()}
-        if stacks.owned_by(tags, self.hub_name, self.user.name, self.name or ""):
+        if self._owns(stack):
             return
+        tags = {t["Key"]: t["Value"] for t in (stack or {}).get("Tags") or ()}
         log.warning(
             "Not adopting stack %s for %s: its tags name hub %r, user %r, server %r",
             name,
@@ -1559,6 +1593,11 @@ class MLiySpawner(Spawner):
             "at it before this server can start.",
             "stack-taken",
         )
+
+    def _owns(self, stack):
+        """Whether a stack's description has the tags of this hub, user and server."""
+        tags = {t["Key"]: t["Value"] for t in (stack or {}).get("Tags") or ()}
+        return stacks.owned_by(tags, self.hub_name, self.user.name, self.name or "")
 
     def _refuse_while_delete_pending(self):
         """A stack that could not be deleted stays in state until it is: never launch

@@ -9,6 +9,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
 from botocore.stub import Stubber
 from moto.cloudformation.models import cloudformation_backends
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -141,21 +142,80 @@ async def test_refused_create_leaves_nothing(aws_env, make_spawner):
     assert spawner.stack.stack_id is None
 
 
-async def test_delete_failure_keeps_stack_tracked(aws_env, make_spawner):
-    after_create(aws_env.cfn, fail_stack)
-    spawner = make_spawner()
-    real_delete = aws_env.cfn.delete_stack
-    calls = Counter()
+def lose_create_answer(client, action=None):
+    """Each CreateStack makes its stack, then its answer is lost on the way back (as a
+    read timeout, a cut connection or an unreadable answer are): the caller gets no id."""
+
+    def hook(http_response, parsed, model, **kwargs):
+        if "StackId" in parsed:
+            if action is not None:
+                action(moto_stack(parsed["StackId"]))
+            raise ReadTimeoutError(endpoint_url="https://cloudformation.us-east-1.amazonaws.com/")
+
+    client.meta.events.register("after-call.cloudformation.CreateStack", hook)
+
+
+def fail_first_delete(cfn):
+    """The client's first DeleteStack is throttled; return the count of its calls."""
+    real_delete, calls = cfn.delete_stack, Counter()
 
     def flaky_delete(**kwargs):
         calls["delete"] += 1
         if calls["delete"] == 1:
-            from botocore.exceptions import ClientError
-
             raise ClientError({"Error": {"Code": "Throttling", "Message": "slow down"}}, "Del")
         return real_delete(**kwargs)
 
-    aws_env.cfn.delete_stack = flaky_delete
+    cfn.delete_stack = flaky_delete
+    return calls
+
+
+def live_stacks(cfn):
+    return [s for s in cfn.list_stacks()["StackSummaries"] if s["StackStatus"] != "DELETE_COMPLETE"]
+
+
+async def test_lost_create_answer_deletes_the_stack_it_made(aws_env, make_spawner):
+    lose_create_answer(aws_env.cfn)
+    spawner = make_spawner()
+    with pytest.raises(web.HTTPError) as e:
+        await begin(spawner)
+    assert e.value.status_code == 500
+    assert "did not answer" in str(e.value)
+    assert live_stacks(aws_env.cfn) == []
+    assert spawner.stack.stack_id is None
+
+
+async def test_lost_create_answer_and_failed_delete_keep_the_stack_tracked(aws_env, make_spawner):
+    lose_create_answer(aws_env.cfn)
+    spawner = make_spawner()
+    calls = fail_first_delete(aws_env.cfn)
+    with pytest.raises(web.HTTPError, match="did not answer"):
+        await begin(spawner)
+    [stack] = live_stacks(aws_env.cfn)
+    assert spawner.stack.stack_id == stack["StackId"] and spawner.stack.delete_pending
+    assert spawner.get_state()["mliy"]["stack_id"] == stack["StackId"]
+    await spawner.stop()  # the hub's cleanup after a failed start: deleted this time
+    assert live_stacks(aws_env.cfn) == []
+    assert spawner.stack.stack_id is None
+    assert calls["delete"] == 2
+
+
+async def test_lost_create_answer_leaves_a_stack_it_does_not_own(aws_env, make_spawner):
+    def retag(stack):  # by the time the hub looks, the name holds another hub's stack
+        stack.tags = {**stack.tags, "mliy:hub": "another-hub"}
+
+    lose_create_answer(aws_env.cfn, retag)
+    spawner = make_spawner()
+    with pytest.raises(web.HTTPError, match="did not answer"):
+        await begin(spawner)
+    [stack] = live_stacks(aws_env.cfn)
+    assert stack["StackStatus"] != "DELETE_IN_PROGRESS"
+    assert spawner.stack.stack_id is None and spawner.get_state() == {}
+
+
+async def test_delete_failure_keeps_stack_tracked(aws_env, make_spawner):
+    after_create(aws_env.cfn, fail_stack)
+    spawner = make_spawner()
+    calls = fail_first_delete(aws_env.cfn)
     with pytest.raises(web.HTTPError, match="not supported"):
         await begin(spawner)
     # the delete failed: the stack is still in state, flagged, and poll says it exists
