@@ -71,7 +71,7 @@ from .progress import LaunchProgress
 from .reflector import Reflector, shared_reflector
 from .service import server_token_scopes
 from .store import shared_store, store_url_from_env
-from .util import backoff, for_users, one_per_iteration, run_blocking, user_error
+from .util import backoff, for_users, run_blocking, take_turn, user_error
 
 log = logging.getLogger("mliy.launch")
 
@@ -89,18 +89,37 @@ def _as_trait_error():
 _audit_tasks = set()
 
 
-async def _spawn_token_scopes(spawner):
+def _spawn_token_scopes(spawner):
     """``MLiySpawner.server_token_scopes``: the hub's ``server`` role plus
     ``custom:mliy-progress!server`` once ``configure_service`` defined it, so only this
     server's own token may report its progress.
 
-    JupyterHub awaits this first in each spawn, just before its own steps for it (the
-    API token, the OAuth client, three or four commits: 10-17 ms with no await). Taking
-    a turn here runs those steps one spawn per loop iteration, so 100 users pressing
-    Start at once no longer hold the hub's loop for seconds (``benchmarks/hubstorm.py``).
+    JupyterHub asks for these first in each spawn, just before its own steps for it (the
+    API token, the OAuth client, three or four commits: 10-17 ms with no await). Each
+    spawn takes a turn here (:func:`util.take_turn`), so those steps run one spawn per
+    loop iteration and 100 users pressing Start at once no longer hold the hub's loop
+    for seconds (``benchmarks/hubstorm.py``).
+
+    A spawn whose turn is now gets the scopes as they are: JupyterHub goes on without an
+    await, so a lone spawn runs as with a plain list (its options are checked, and
+    refused with a 400, before the request that started it is answered). A spawn that has
+    to wait gets an awaitable, and the hub's session is committed first: JupyterHub has
+    just linked the new server to the spawner's row, and a request that finishes while
+    this spawn waits rolls back whatever is left uncommitted in that shared session.
     """
-    await one_per_iteration()
-    return server_token_scopes(spawner)
+    scopes = server_token_scopes(spawner)
+    turn = take_turn()
+    if turn is None:
+        return scopes
+    session = object_session(spawner.orm_spawner)
+    if session is not None:
+        session.commit()
+    return _on_turn(turn, scopes)
+
+
+async def _on_turn(turn, scopes):
+    await turn
+    return scopes
 
 
 class MLiySpawner(Spawner):

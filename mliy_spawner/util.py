@@ -3,8 +3,8 @@
 - :func:`run_blocking`: the one road for a blocking call (boto3, the store, DNS plugins,
   file reads, template rendering). It runs on one shared, bounded thread pool, so the
   hub's event loop never waits on I/O.
-- :func:`one_per_iteration`: a turnstile that lets its waiters on one per iteration of
-  the event loop, so a burst of spawns does not run its synchronous steps back to back.
+- :func:`take_turn`: a turnstile that lets tasks on one per iteration of the event
+  loop, so a burst of spawns does not run its synchronous steps back to back.
 - :func:`shorten`: a value made short enough for a message or a log line.
 - :func:`control_character`: the first control or invisible character of a text.
 - :func:`user_error`: the error JupyterHub shows a user as it is (a spawn, a login).
@@ -54,18 +54,21 @@ async def run_blocking(fn, /, *args, **kwargs):
 
 
 class _Turnstile:
-    """The waiters of one event loop, let on one per iteration of that loop."""
+    """The tasks of one event loop that take turns, one per iteration of that loop."""
 
     def __init__(self):
+        # (no reference to the loop: it is the key of the weak map that holds this)
         self.waiting = collections.deque()
-        self.turning = False
+        # True while a task went on in this iteration or others wait for their turn
+        self.busy = False
 
-    def wait(self, loop):
+    def enter(self, loop):
+        if not self.busy:
+            self.busy = True
+            loop.call_soon(self.turn, loop)
+            return None
         waiter = loop.create_future()
         self.waiting.append(waiter)
-        if not self.turning:
-            self.turning = True
-            loop.call_soon(self.turn, loop)
         return waiter
 
     def turn(self, loop):
@@ -75,29 +78,30 @@ class _Turnstile:
             waiter = self.waiting.popleft()
             if not waiter.done():  # a cancelled wait gives its place up
                 waiter.set_result(None)
-                break
-        if self.waiting:
-            loop.call_soon(self.turn, loop)
-        else:
-            self.turning = False
+                loop.call_soon(self.turn, loop)
+                return
+        self.busy = False
 
 
 _turnstiles = weakref.WeakKeyDictionary()
 
 
-async def one_per_iteration():
-    """Wait for this task's turn: one waiter is let on per iteration of the running loop.
+def take_turn():
+    """A turn in the running loop's turnstile, which lets tasks on one per iteration.
 
-    A task that awaits this before a synchronous stretch (no await for some milliseconds)
-    runs that stretch in an iteration of its own, so timers and requests get their turn
-    between those of a burst instead of after all of them. JupyterHub's own steps at the
-    start of each spawn are such a stretch (see ``MLiySpawner.server_token_scopes``).
+    Returns None when the caller may go on at once (no other task went on in this
+    iteration, none waits), else a future that is done on the caller's turn. A task that
+    takes a turn before a synchronous stretch (no await for some milliseconds) runs that
+    stretch in an iteration of its own, so timers and requests get their turn between
+    those of a burst instead of after all of them, while a lone task never waits.
+    JupyterHub's own steps at the start of each spawn are such a stretch (see
+    ``MLiySpawner.server_token_scopes``).
     """
     loop = asyncio.get_running_loop()
     turnstile = _turnstiles.get(loop)
     if turnstile is None:
         turnstile = _turnstiles[loop] = _Turnstile()
-    await turnstile.wait(loop)
+    return turnstile.enter(loop)
 
 
 def shorten(value, limit=80):

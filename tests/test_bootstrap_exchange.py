@@ -47,6 +47,9 @@ def test_a_new_code_replaces_the_servers_old_one(store):
     assert store.server_bootstrap_code("alice", "").code_id == "new"
 
 
+# The table below is built when pytest collects this module, which can be half an hour
+# before a test of it runs: a code "valid for 20 minutes" would have expired by then. So
+# its good codes expire in a year, and the expired one a second before collection.
 NOW = datetime.now(UTC)
 
 
@@ -58,7 +61,7 @@ def code_row(**changes):
         instance_id="i-1",
         private_ip="10.0.0.7",
         sealed_token="sealed",
-        expires=NOW + timedelta(minutes=20),
+        expires=NOW + timedelta(days=365),
         used=None,
         refused=None,
     )
