@@ -358,16 +358,24 @@ def run_storm(hub, slow, lag_file, lines):
             stop.wait(API_EVERY)
         session.close()
 
+    refusals = Counter()
+
     def post(user):
         session = requests.Session()
         session.trust_env = False
         try:
-            return session.post(
+            r = session.post(
                 f"{hub.url}/hub/api/users/{user}/server",
                 headers={"Authorization": f"token {hub.token}"},
                 data="",
                 timeout=120,
-            ).status_code
+            )
+            if r.status_code >= 400:  # the hub's message, as a REST client sees it
+                try:
+                    refusals[f"{r.status_code} {r.json().get('message')}"] += 1
+                except ValueError:
+                    refusals[f"{r.status_code} {r.text[:200]!r}"] += 1
+            return r.status_code
         finally:
             session.close()
 
@@ -401,6 +409,7 @@ def run_storm(hub, slow, lag_file, lines):
     calls = sum(slow.calls.values())
     lines += [
         f"  POST answers: {dict(codes)} (all {SPAWNS} sent in {posted:.1f} s)",
+        *(f"    {n} x {message}" for message, n in refusals.most_common()),
         f"  hub loop lag ({len(lags):,} ticks of 10 ms): p50 {pct(lags, 0.5) * 1000:.1f} ms, "
         f"p99 {pct(lags, 0.99) * 1000:.1f} ms, max {max(lags, default=0) * 1000:.1f} ms",
         f"  GET /hub/api/ through the proxy ({len(api)} GETs): p50 {pct(api, 0.5) * 1000:.1f} ms,"
@@ -459,11 +468,16 @@ def stalls_by_owner(stalls, top=8):
         f"    {late * 1000:6.0f} ms: " + ", ".join(f"{k} {n}" for k, n in owners.most_common())
         for late, owners in runs[:top]
     ]
-    ours = sum(owner(frames) == "mliy_spawner" for _, frames in stalls)
+    ours = Counter(
+        [f for f in frames if "/mliy_spawner/" in f][-1].replace(f"{ROOT}/", "")
+        for _, frames in stalls
+        if owner(frames) == "mliy_spawner"
+    )
     lines.append(
         f"    {len(runs)} stalls sampled, {len(stalls)} samples; with a frame of mliy_spawner:"
-        f" {ours}"
+        f" {ours.total()}"
     )
+    lines += [f"      {n} in {frame}" for frame, n in ours.most_common()]
     return lines
 
 
