@@ -358,9 +358,9 @@ def run_storm(hub, slow, lag_file, lines):
             stop.wait(API_EVERY)
         session.close()
 
-    refusals = Counter()
-
     def post(user):
+        """The POST's status, and the hub's message when it refused (as a REST client
+        sees it)."""
         session = requests.Session()
         session.trust_env = False
         try:
@@ -370,12 +370,12 @@ def run_storm(hub, slow, lag_file, lines):
                 data="",
                 timeout=120,
             )
-            if r.status_code >= 400:  # the hub's message, as a REST client sees it
-                try:
-                    refusals[f"{r.status_code} {r.json().get('message')}"] += 1
-                except ValueError:
-                    refusals[f"{r.status_code} {r.text[:200]!r}"] += 1
-            return r.status_code
+            if r.status_code < 400:
+                return r.status_code, None
+            try:
+                return r.status_code, f"{r.status_code} {r.json().get('message')}"
+            except ValueError:
+                return r.status_code, f"{r.status_code} {r.text[:200]!r}"
         finally:
             session.close()
 
@@ -383,8 +383,10 @@ def run_storm(hub, slow, lag_file, lines):
     prober.start()
     started = time.perf_counter()
     with ThreadPoolExecutor(SPAWNS) as pool:
-        codes = Counter(pool.map(post, users))
+        answers = list(pool.map(post, users))
     posted = time.perf_counter() - started
+    codes = Counter(code for code, _ in answers)
+    refusals = Counter(message for _, message in answers if message)
     ready_at, failed = {}, set()
     while len(ready_at) + len(failed) < SPAWNS:
         if time.perf_counter() - started > READY_LIMIT:
